@@ -1,0 +1,47 @@
+//! `agent`: runs the guest on the primary and records its inputs, or
+//! replays a recorded log.
+
+mod config;
+mod nic;
+mod pcap;
+mod replay;
+mod run;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(about = "Fault-tolerant VM agent: run a guest under KVM, record it, replay it")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the guest, serving its network through a NIC backend.
+    Run(run::RunArgs),
+    /// Replay a recorded log in a fresh VM and check it step by step.
+    Replay(replay::ReplayArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::Run(args) => run::run(args),
+        Command::Replay(args) => replay::replay(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

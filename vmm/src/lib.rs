@@ -1,0 +1,19 @@
+//! The deterministic machine and the record/replay engines.
+//!
+//! - [`machine`]: one KVM VM, one vCPU, booted at CPL3; runs to the next
+//!   guest-initiated exit.
+//! - [`loader`]: the guest ELF, checked for instructions that cannot be replayed.
+//! - [`exchange`]: reads the guest's request and writes the delivered inputs.
+//! - [`record`]: the primary's engine: chooses inputs at exits and logs them.
+//! - [`replay`]: applies a log at the same positions and checks outputs.
+
+pub mod exchange;
+pub mod loader;
+pub mod machine;
+pub mod record;
+pub mod replay;
+
+pub use loader::{GuestImage, LoadError};
+pub use machine::{GuestExit, Machine, MachineError};
+pub use record::{GuestClock, Input, LogSink, OutputSink, Recorder, RunSummary};
+pub use replay::{Divergence, EntrySource, ReplayError, ReplaySummary, Replayer};

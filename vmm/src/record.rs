@@ -1,0 +1,298 @@
+//! The primary's engine: runs the guest, chooses the inputs delivered at
+//! each exchange exit, and logs them with their position.
+//!
+//! Per exchange exit, in this order (replay follows the same order):
+//! 1. take the guest's request; log an `Output` digest for each tx frame and
+//!    hand the frame to the output sink, which holds it until the entry is
+//!    safe (acknowledged by the backup, or at once when recording to a file);
+//! 2. if a stop was requested, log `Halt` with the state hash and stop;
+//! 3. gather inputs: pending rx frames, and if there are none and the guest
+//!    asked to wait, block until a frame arrives or its deadline passes;
+//! 4. log and deliver them: rx frames, the clock (when it moved by at least
+//!    [`CLOCK_GRANULARITY_NS`] or the guest's deadline passed), entropy.
+
+use crate::exchange::{self, Delivery};
+use crate::machine::{GuestExit, Machine, MachineError};
+use ftlog::{Entry, Payload, Position};
+use guest_abi as abi;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
+
+/// The clock is delivered at most once per this many ns while the guest
+/// is busy, which bounds clock entries to 1000/s.
+pub const CLOCK_GRANULARITY_NS: u64 = 1_000_000;
+
+/// What the outside world sends the recording vCPU.
+#[derive(Debug)]
+pub enum Input {
+    /// An inbound frame, held here (the bounce buffer) until it is
+    /// delivered at an exit.
+    Frame(Vec<u8>),
+    /// Stop at the next exit and log the final state.
+    Stop,
+}
+
+/// Where log entries go (a file, the log channel to the backup).
+pub trait LogSink {
+    fn append(&mut self, entry: Entry) -> std::io::Result<()>;
+}
+
+/// Where guest output frames go. `seq` is the log entry that records the
+/// output: the frame may leave the host once every entry up to `seq` is safe.
+pub trait OutputSink {
+    fn output(&mut self, frame: Vec<u8>, seq: u64, clock_ns: u64) -> std::io::Result<()>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    #[error("log sink: {0}")]
+    Log(std::io::Error),
+    #[error("output sink: {0}")]
+    Output(std::io::Error),
+}
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    pub exits: u64,
+    pub entries: u64,
+    pub outputs: u64,
+    pub rx_frames: u64,
+    pub dropped_frames: u64,
+    pub state_hash: [u8; 32],
+    pub guest_exit_code: Option<u32>,
+}
+
+/// The guest clock: nanoseconds since boot, from the host's monotonic clock.
+pub struct GuestClock {
+    anchor: Instant,
+    base_ns: u64,
+}
+
+impl GuestClock {
+    /// A clock that reads `base_ns` now (0 at boot; the last logged value
+    /// when a backup goes live, so guest time never goes backwards).
+    pub fn starting_at(base_ns: u64) -> Self {
+        GuestClock {
+            anchor: Instant::now(),
+            base_ns,
+        }
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        self.base_ns + self.anchor.elapsed().as_nanos() as u64
+    }
+
+    /// The host instant at which the guest clock reads `guest_ns`.
+    fn instant_of(&self, guest_ns: u64) -> Instant {
+        self.anchor + Duration::from_nanos(guest_ns.saturating_sub(self.base_ns))
+    }
+}
+
+pub struct Recorder {
+    machine: Machine,
+    inputs: Receiver<Input>,
+    clock: GuestClock,
+    delivered_clock_ns: u64,
+    next_seq: u64,
+    exits: u64,
+    stopping: bool,
+    outputs: u64,
+    rx_frames: u64,
+    dropped_frames: u64,
+}
+
+impl Recorder {
+    pub fn new(machine: Machine, inputs: Receiver<Input>, clock: GuestClock) -> Self {
+        Recorder {
+            machine,
+            inputs,
+            delivered_clock_ns: clock.now_ns(),
+            clock,
+            next_seq: 0,
+            exits: 0,
+            stopping: false,
+            outputs: 0,
+            rx_frames: 0,
+            dropped_frames: 0,
+        }
+    }
+
+    /// Runs until a stop is requested or the guest halts.
+    pub fn run(mut self, log: &mut dyn LogSink, out: &mut dyn OutputSink) -> Result<RunSummary, RecordError> {
+        loop {
+            if let Some(summary) = self.step(log, out)? {
+                return Ok(summary);
+            }
+        }
+    }
+
+    fn append(&mut self, log: &mut dyn LogSink, position: Position, payload: Payload) -> Result<u64, RecordError> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        log.append(Entry {
+            seq,
+            position,
+            payload,
+        })
+        .map_err(RecordError::Log)?;
+        Ok(seq)
+    }
+
+    /// Runs the guest to its next exit and handles it; returns the summary
+    /// once the run has ended.
+    pub fn step(&mut self, log: &mut dyn LogSink, out: &mut dyn OutputSink) -> Result<Option<RunSummary>, RecordError> {
+        let exit = self.machine.run_to_exit()?;
+        let exit_index = self.exits;
+        self.exits += 1;
+        let position = Position {
+            exit: exit_index,
+            rip: self.machine.rip()?,
+        };
+        if let GuestExit::Halt(code) = exit {
+            return self.finish(log, position, Some(code)).map(Some);
+        }
+
+        let request = exchange::take_request(self.machine.memory(), || position.rip)?;
+        log_console(&request.console, false);
+        for frame in request.tx_frames {
+            let payload = Payload::Output {
+                len: frame.len() as u32,
+                digest: output_digest(&frame),
+            };
+            let seq = self.append(log, position, payload)?;
+            self.outputs += 1;
+            out.output(frame, seq, self.delivered_clock_ns)
+                .map_err(RecordError::Output)?;
+        }
+
+        let mut frames = Vec::new();
+        self.take_pending(&mut frames);
+        let waits = request.wait_until_ns > self.delivered_clock_ns;
+        if frames.is_empty() && waits && !self.stopping {
+            let deadline = (request.wait_until_ns != abi::WAIT_FOREVER)
+                .then(|| self.clock.instant_of(request.wait_until_ns));
+            self.wait_for_input(deadline, &mut frames);
+        }
+        if self.stopping {
+            return self.finish(log, position, None).map(Some);
+        }
+
+        let now = self.clock.now_ns().max(self.delivered_clock_ns);
+        let timer_fired = waits && now >= request.wait_until_ns;
+        let clock_ns = (timer_fired || now >= self.delivered_clock_ns + CLOCK_GRANULARITY_NS).then_some(now);
+        let entropy = request.wants_entropy.then(|| {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).expect("the kernel's random source is available");
+            bytes
+        });
+
+        for frame in &frames {
+            self.append(log, position, Payload::RxFrame(frame.clone()))?;
+        }
+        self.rx_frames += frames.len() as u64;
+        if let Some(ns) = clock_ns {
+            self.append(log, position, Payload::Clock(ns))?;
+            self.delivered_clock_ns = ns;
+        }
+        if let Some(bytes) = entropy {
+            self.append(log, position, Payload::Entropy(bytes))?;
+        }
+        let delivery = Delivery {
+            rx_frames: frames.iter().map(Vec::as_slice).collect(),
+            clock_ns,
+            entropy,
+        };
+        exchange::deliver(self.machine.memory(), &delivery)?;
+        Ok(None)
+    }
+
+    /// Moves pending inputs into `frames`, at most one exchange's worth.
+    fn take_pending(&mut self, frames: &mut Vec<Vec<u8>>) {
+        while frames.len() < abi::FRAME_SLOTS && !self.stopping {
+            match self.inputs.try_recv() {
+                Ok(input) => self.accept(input, frames),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => self.stopping = true,
+            }
+        }
+    }
+
+    /// Blocks until an input arrives or `deadline` passes, then takes
+    /// whatever else is pending.
+    fn wait_for_input(&mut self, deadline: Option<Instant>, frames: &mut Vec<Vec<u8>>) {
+        let first = match deadline {
+            Some(at) => self
+                .inputs
+                .recv_timeout(at.saturating_duration_since(Instant::now())),
+            None => self.inputs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match first {
+            Ok(input) => {
+                self.accept(input, frames);
+                self.take_pending(frames);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => self.stopping = true,
+        }
+    }
+
+    fn accept(&mut self, input: Input, frames: &mut Vec<Vec<u8>>) {
+        match input {
+            Input::Frame(frame) if frame.is_empty() || frame.len() > abi::FRAME_CAPACITY => {
+                self.dropped_frames += 1;
+                tracing::debug!(len = frame.len(), "dropping a frame the guest cannot take");
+            }
+            Input::Frame(frame) => frames.push(frame),
+            Input::Stop => self.stopping = true,
+        }
+    }
+
+    fn finish(
+        &mut self,
+        log: &mut dyn LogSink,
+        position: Position,
+        guest_exit_code: Option<u32>,
+    ) -> Result<RunSummary, RecordError> {
+        let state_hash = self.machine.state_hash()?;
+        self.append(
+            log,
+            position,
+            Payload::Halt {
+                state_hash,
+                guest_exit_code,
+            },
+        )?;
+        Ok(RunSummary {
+            exits: self.exits,
+            entries: self.next_seq,
+            outputs: self.outputs,
+            rx_frames: self.rx_frames,
+            dropped_frames: self.dropped_frames,
+            state_hash,
+            guest_exit_code,
+        })
+    }
+}
+
+/// The digest logged for an output frame (BLAKE3, truncated).
+pub fn output_digest(frame: &[u8]) -> [u8; ftlog::OUTPUT_DIGEST_LEN] {
+    let hash = blake3::hash(frame);
+    hash.as_bytes()[..ftlog::OUTPUT_DIGEST_LEN]
+        .try_into()
+        .expect("digest is shorter than the hash")
+}
+
+/// Guest console text goes to the log, one line per event (at debug level
+/// when replaying: the primary already said it).
+pub(crate) fn log_console(console: &[u8], replaying: bool) {
+    for line in String::from_utf8_lossy(console).lines().filter(|l| !l.is_empty()) {
+        if replaying {
+            tracing::debug!(target: "guest", "{line}");
+        } else {
+            tracing::info!(target: "guest", "{line}");
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! `cargo xtask <command>`: the project's build and run tasks.
+
+mod ebpf;
+mod guest;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, test and benchmark the fault-tolerant VM proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the guest appliance into target/guest/ft-guest.
+    BuildGuest,
+    /// Install the eBPF toolchain if missing and build target/bpf/ft-ebpf.o.
+    BuildEbpf,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::BuildGuest => guest::build().map(drop),
+        Task::BuildEbpf => ebpf::build().map(drop),
+    }
+}

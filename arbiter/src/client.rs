@@ -1,0 +1,211 @@
+//! The agents' side: the `Arbiter` backend trait and its TCP client.
+
+use crate::protocol::{
+    read_frame, validate_node, write_frame, ErrorCode, ProtocolError, Request, Response,
+};
+use crate::state::{ArbiterState, ClaimOutcome};
+use std::future::Future;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::{lookup_host, TcpStream, ToSocketAddrs};
+use tokio::time::timeout;
+use tracing::debug;
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A place that decides which node may serve. Implemented by
+/// [`ArbiterClient`] (TCP); another backend (e.g. etcd) can implement it
+/// with the same semantics: `claim` is a test-and-set from
+/// `expected_generation` to `expected_generation + 1`, and a repeated
+/// winning claim is granted again.
+pub trait Arbiter {
+    fn claim(
+        &mut self,
+        node: &str,
+        expected_generation: u64,
+    ) -> impl Future<Output = Result<ClaimOutcome, ArbiterError>> + Send;
+
+    fn query(&mut self) -> impl Future<Output = Result<ArbiterState, ArbiterError>> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArbiterError {
+    #[error("cannot resolve arbiter address: {0}")]
+    Resolve(std::io::Error),
+    #[error("cannot connect to the arbiter at {addrs:?}: {source}")]
+    Connect {
+        addrs: Vec<SocketAddr>,
+        source: std::io::Error,
+    },
+    #[error("the arbiter did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the arbiter refused the request ({code}): {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("unexpected answer from the arbiter: {0:?}")]
+    UnexpectedResponse(Response),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+impl ArbiterError {
+    /// The connection died under us: likely an idle connection the arbiter
+    /// closed, or an arbiter restart. Worth one retry on a new connection.
+    fn is_connection_lost(&self) -> bool {
+        match self {
+            ArbiterError::Protocol(ProtocolError::Truncated { .. }) => true,
+            ArbiterError::Protocol(ProtocolError::Io(e)) => matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+                    | ErrorKind::UnexpectedEof
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// A connection to an arbiter server, kept open between calls.
+///
+/// Each call is bounded by the client's timeout as a whole. If a kept
+/// connection turns out to be dead, the call is sent once more on a new
+/// connection; that is safe for `claim` because a repeated winning claim is
+/// answered `Granted` again (and a repeat that lost is denied as before).
+/// After a timeout the connection is dropped, since a late answer could
+/// otherwise be taken for the next call's.
+#[derive(Debug)]
+pub struct ArbiterClient {
+    addrs: Vec<SocketAddr>,
+    timeout: Duration,
+    conn: Option<TcpStream>,
+}
+
+impl ArbiterClient {
+    pub async fn connect(addr: impl ToSocketAddrs) -> Result<ArbiterClient, ArbiterError> {
+        ArbiterClient::connect_with_timeout(addr, DEFAULT_TIMEOUT).await
+    }
+
+    /// Resolves and connects; `call_timeout` bounds this and every later call.
+    pub async fn connect_with_timeout(
+        addr: impl ToSocketAddrs,
+        call_timeout: Duration,
+    ) -> Result<ArbiterClient, ArbiterError> {
+        let addrs: Vec<SocketAddr> = timeout(call_timeout, lookup_host(addr))
+            .await
+            .map_err(|_| ArbiterError::Timeout(call_timeout))?
+            .map_err(ArbiterError::Resolve)?
+            .collect();
+        let mut client = ArbiterClient {
+            addrs,
+            timeout: call_timeout,
+            conn: None,
+        };
+        let conn = timeout(call_timeout, client.open())
+            .await
+            .map_err(|_| ArbiterError::Timeout(call_timeout))??;
+        client.conn = Some(conn);
+        Ok(client)
+    }
+
+    /// Asks for generation `expected_generation + 1`.
+    pub async fn claim(
+        &mut self,
+        node: &str,
+        expected_generation: u64,
+    ) -> Result<ClaimOutcome, ArbiterError> {
+        validate_node(node)?;
+        let request = Request::Claim {
+            node: node.to_owned(),
+            expected_generation,
+        };
+        match self.call(&request).await? {
+            Response::Granted { generation } => Ok(ClaimOutcome::Granted { generation }),
+            Response::Denied { generation, owner } => {
+                Ok(ClaimOutcome::Denied { generation, owner })
+            }
+            other => Err(ArbiterError::UnexpectedResponse(other)),
+        }
+    }
+
+    pub async fn query(&mut self) -> Result<ArbiterState, ArbiterError> {
+        match self.call(&Request::Query).await? {
+            Response::State(state) => Ok(state),
+            other => Err(ArbiterError::UnexpectedResponse(other)),
+        }
+    }
+
+    async fn call(&mut self, request: &Request) -> Result<Response, ArbiterError> {
+        let call_timeout = self.timeout;
+        timeout(call_timeout, self.call_with_retry(request))
+            .await
+            .map_err(|_| ArbiterError::Timeout(call_timeout))?
+    }
+
+    async fn call_with_retry(&mut self, request: &Request) -> Result<Response, ArbiterError> {
+        let frame = request.encode();
+        // Taken out so that a cancelled call leaves no half-used connection.
+        if let Some(mut conn) = self.conn.take() {
+            match self.exchange(&mut conn, &frame).await {
+                Ok(response) => {
+                    self.conn = Some(conn);
+                    return Ok(response);
+                }
+                Err(e) if e.is_connection_lost() => {
+                    debug!("arbiter connection lost ({e}); reconnecting")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut conn = self.open().await?;
+        let response = self.exchange(&mut conn, &frame).await?;
+        self.conn = Some(conn);
+        Ok(response)
+    }
+
+    async fn open(&self) -> Result<TcpStream, ArbiterError> {
+        let conn = TcpStream::connect(&self.addrs[..])
+            .await
+            .map_err(|source| ArbiterError::Connect {
+                addrs: self.addrs.clone(),
+                source,
+            })?;
+        // Requests are single small writes; do not let Nagle delay a failover.
+        let _ = conn.set_nodelay(true);
+        Ok(conn)
+    }
+
+    /// One request and its answer. An error answer becomes `Err`, and the
+    /// caller then drops the connection, which the server closes anyway.
+    async fn exchange(&self, conn: &mut TcpStream, frame: &[u8]) -> Result<Response, ArbiterError> {
+        let timed_out = |e| match e {
+            ProtocolError::Idle | ProtocolError::Timeout => ArbiterError::Timeout(self.timeout),
+            other => ArbiterError::Protocol(other),
+        };
+        write_frame(conn, frame, self.timeout)
+            .await
+            .map_err(timed_out)?;
+        let reply = read_frame(conn, self.timeout, self.timeout)
+            .await
+            .map_err(timed_out)?
+            .ok_or_else(|| ProtocolError::Io(ErrorKind::UnexpectedEof.into()))?;
+        match Response::decode(&reply)? {
+            Response::Error { code, message } => Err(ArbiterError::Refused { code, message }),
+            response => Ok(response),
+        }
+    }
+}
+
+impl Arbiter for ArbiterClient {
+    async fn claim(
+        &mut self,
+        node: &str,
+        expected_generation: u64,
+    ) -> Result<ClaimOutcome, ArbiterError> {
+        ArbiterClient::claim(self, node, expected_generation).await
+    }
+
+    async fn query(&mut self) -> Result<ArbiterState, ArbiterError> {
+        ArbiterClient::query(self).await
+    }
+}

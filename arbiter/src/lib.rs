@@ -1,0 +1,75 @@
+//! The arbiter: a test-and-set server on a generation number that only
+//! grows, asked by primary and backup before either acts alone, so that of
+//! two nodes that lost contact exactly one serves.
+//!
+//! # Semantics
+//!
+//! State: `{generation: u64, owner: Option<node>}`, initially `{0, none}`.
+//!
+//! - `Claim { node, expected_generation }`: if `expected_generation` equals
+//!   the current generation, the state becomes `{generation + 1, node}`, is
+//!   made durable, and the answer is `Granted { generation + 1 }`. Otherwise
+//!   the answer is `Denied { generation, owner }`: the current state. Of two
+//!   nodes that both saw generation g, exactly one wins g + 1, and the
+//!   generation is the fencing token of the winner.
+//! - A repeat of the winning claim (same node, `expected == current - 1`),
+//!   as sent after a lost answer, is answered `Granted { current }` again
+//!   without a change. This is safe because the owner of g is exactly the
+//!   node whose claim at g - 1 won; once anyone has won g + 1 the repeat is
+//!   denied. It assumes node names are unique per node.
+//! - `Query`: the current state.
+//!
+//! # Protocol (TCP, version 1)
+//!
+//! Requests and answers alternate on one connection. Every message is one
+//! frame: an 8-byte header, then a body of at most [`protocol::MAX_BODY`]
+//! (512) bytes. Integers are big-endian.
+//!
+//! ```text
+//! header: "ARBT" (4) | version = 1 (1) | kind (1) | body length (u16)
+//! 0x01 Query    body: empty
+//! 0x02 Claim    body: expected_generation u64 | node (rest, UTF-8)
+//! 0x81 State    body: generation u64 | owner (rest; empty = none)
+//! 0x82 Granted  body: generation u64
+//! 0x83 Denied   body: generation u64 | owner (rest; empty = none)
+//! 0xff Error    body: code u8 | message (rest, UTF-8, at most 256 bytes)
+//! ```
+//!
+//! Node names are 1 to 64 bytes of `[A-Za-z0-9._:-]` starting with a letter
+//! or digit. Error codes: 1 bad magic, 2 bad version, 3 oversize, 4
+//! truncated, 5 timeout, 6 unknown kind, 7 malformed body, 8 invalid node,
+//! 9 busy, 10 state file failed. After any error answer the server closes
+//! the connection. Limits: a request that has begun must arrive within the
+//! I/O timeout (5 s), a connection may idle 30 s between requests and live
+//! 10 min, at most 128 connections at once.
+//!
+//! # State file (format version 1)
+//!
+//! ```text
+//! ft-arbiter-state 1
+//! generation 7
+//! owner host-b
+//! crc32 0a1b2c3d
+//! ```
+//!
+//! `owner -` means no owner; the CRC-32 (lower-case hex) covers the bytes
+//! of the three lines before it. A grant is written to `<file>.tmp`,
+//! fsynced, renamed over `<file>` and the directory fsynced, all before the
+//! answer is sent, so an arbiter restarted after any crash never grants a
+//! generation twice. A missing file is an error unless creation is asked
+//! for; a corrupt one always is. `<file>.lock` (flock) keeps a second
+//! arbiter off the same file. If a write fails, the server stops granting
+//! and [`Server::run`] returns, so that a restart reloads the file.
+
+mod client;
+mod ledger;
+pub mod protocol;
+mod server;
+mod state;
+mod store;
+
+pub use client::{Arbiter, ArbiterClient, ArbiterError, DEFAULT_TIMEOUT};
+pub use protocol::ErrorCode;
+pub use server::{serve, ServeError, Server, ServerConfig};
+pub use state::{ArbiterState, ClaimOutcome};
+pub use store::StoreError;

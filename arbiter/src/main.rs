@@ -1,0 +1,169 @@
+//! `arbiter --listen ADDR --state FILE`: the server.
+//! `arbiter query|claim --connect ADDR ...`: a client for operators and scripts.
+
+use anyhow::{Context, Result};
+use arbiter::{ArbiterClient, ClaimOutcome, Server, ServerConfig};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info};
+
+/// Exit status of `claim` when the claim was denied (errors exit with 1).
+const EXIT_DENIED: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Test-and-set arbiter on a growing generation number",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Address to listen on, e.g. 198.18.0.4:7700 (port 0 picks one; the
+    /// log says which).
+    #[arg(long, required = true)]
+    listen: Option<SocketAddr>,
+    /// State file (a `.tmp` and a `.lock` file are kept beside it).
+    #[arg(long, required = true)]
+    state: Option<PathBuf>,
+    /// Create the state file at generation 0 if it does not exist.
+    #[arg(long)]
+    init: bool,
+    /// How long a connection may wait between requests.
+    #[arg(long, default_value_t = 30_000)]
+    idle_timeout_ms: u64,
+    /// How long a started request may take to arrive (and an answer to leave).
+    #[arg(long, default_value_t = 5_000)]
+    io_timeout_ms: u64,
+    /// Connections beyond this are refused.
+    #[arg(long, default_value_t = 128)]
+    max_connections: usize,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the current generation and owner.
+    Query(ClientArgs),
+    /// Claim generation EXPECTED+1 for NODE; exit 0 if granted, 3 if denied.
+    Claim {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        node: String,
+        /// The generation the claimant last saw.
+        #[arg(long)]
+        expected: u64,
+    },
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// Arbiter address, e.g. 198.18.0.4:7700.
+    #[arg(long)]
+    connect: String,
+    #[arg(long, default_value_t = 5_000)]
+    timeout_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Some(Command::Query(client)) => query(client).await,
+        Some(Command::Claim {
+            client,
+            node,
+            expected,
+        }) => claim(client, &node, expected).await,
+        None => run_server(cli).await.map(|()| ExitCode::SUCCESS),
+    };
+    result.unwrap_or_else(|e| {
+        error!("{e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn run_server(cli: Cli) -> Result<()> {
+    // clap enforces both unless a subcommand was given.
+    let listen = cli.listen.context("--listen is required")?;
+    let state_path = cli.state.context("--state is required")?;
+    let config = ServerConfig {
+        create_if_missing: cli.init,
+        idle_timeout: Duration::from_millis(cli.idle_timeout_ms),
+        io_timeout: Duration::from_millis(cli.io_timeout_ms),
+        max_connections: cli.max_connections,
+        ..ServerConfig::new(&state_path)
+    };
+    // The state is checked before listening: a corrupt file never serves.
+    let server = Server::open(config)?;
+    let state = server.state();
+    info!(
+        path = %state_path.display(),
+        generation = state.generation,
+        owner = state.owner.as_deref().unwrap_or("-"),
+        "state loaded"
+    );
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    info!("listening on {}", listener.local_addr()?);
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => info!("SIGTERM received; shutting down"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received; shutting down"),
+        }
+    };
+    server.run(listener, shutdown).await?;
+    info!("stopped");
+    Ok(())
+}
+
+async fn connect(args: &ClientArgs) -> Result<ArbiterClient> {
+    ArbiterClient::connect_with_timeout(&args.connect, Duration::from_millis(args.timeout_ms))
+        .await
+        .with_context(|| format!("cannot reach the arbiter at {}", args.connect))
+}
+
+async fn query(args: ClientArgs) -> Result<ExitCode> {
+    let state = connect(&args).await?.query().await?;
+    println!(
+        "generation={} owner={}",
+        state.generation,
+        state.owner.as_deref().unwrap_or("-")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn claim(args: ClientArgs, node: &str, expected: u64) -> Result<ExitCode> {
+    match connect(&args).await?.claim(node, expected).await? {
+        ClaimOutcome::Granted { generation } => {
+            println!("granted generation={generation} owner={node}");
+            Ok(ExitCode::SUCCESS)
+        }
+        ClaimOutcome::Denied { generation, owner } => {
+            println!(
+                "denied generation={generation} owner={}",
+                owner.as_deref().unwrap_or("-")
+            );
+            Ok(ExitCode::from(EXIT_DENIED))
+        }
+    }
+}

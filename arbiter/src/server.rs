@@ -1,0 +1,327 @@
+//! The TCP server: one task per connection, every request answered by the
+//! ledger, every bad or slow peer cut off without disturbing the others.
+
+use crate::ledger::{ClaimEffect, Ledger, LedgerError};
+use crate::protocol::{read_frame, write_frame, ErrorCode, ProtocolError, Request, Response};
+use crate::state::{ArbiterState, ClaimOutcome};
+use crate::store::StoreError;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio::time::{timeout, timeout_at, Instant};
+use tracing::{debug, error, info, warn};
+
+/// How long to wait before accepting again after `accept` failed (e.g. out
+/// of file descriptors), so that the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// After an error answer, input still arriving is discarded for at most this
+/// long / this much, so that closing sends FIN rather than a reset that
+/// could destroy the answer before the peer reads it.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub state_path: PathBuf,
+    /// Create the state file at generation 0 if it does not exist.
+    pub create_if_missing: bool,
+    /// How long a connection may wait between requests.
+    pub idle_timeout: Duration,
+    /// How long a started request may take to arrive, and an answer to leave.
+    pub io_timeout: Duration,
+    /// Total lifetime of one connection; clients reconnect after it.
+    pub max_connection_time: Duration,
+    /// Connections beyond this are answered `Busy` and closed.
+    pub max_connections: usize,
+}
+
+impl ServerConfig {
+    pub fn new(state_path: impl Into<PathBuf>) -> ServerConfig {
+        ServerConfig {
+            state_path: state_path.into(),
+            create_if_missing: false,
+            idle_timeout: Duration::from_secs(30),
+            io_timeout: Duration::from_secs(5),
+            max_connection_time: Duration::from_secs(600),
+            max_connections: 128,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stopped because the state file could not be written; restart to reload it")]
+    StoreFailed,
+}
+
+struct Shared {
+    /// A std mutex, held only inside blocking tasks: see `Shared::answer`.
+    ledger: Mutex<Ledger>,
+    config: ServerConfig,
+    /// Signalled when the ledger can no longer be trusted.
+    fatal: Notify,
+}
+
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+/// Serves on `listener` with default limits until the state file fails;
+/// the file must exist (see [`ServerConfig::create_if_missing`]).
+pub async fn serve(listener: TcpListener, state_path: impl AsRef<Path>) -> Result<(), ServeError> {
+    Server::open(ServerConfig::new(state_path.as_ref()))?
+        .run(listener, std::future::pending())
+        .await
+}
+
+impl Server {
+    /// Locks and loads the state file (blocking, once at startup), so that a
+    /// corrupt file fails before anything listens.
+    pub fn open(config: ServerConfig) -> Result<Server, StoreError> {
+        let ledger = Ledger::open(&config.state_path, config.create_if_missing)?;
+        Ok(Server {
+            shared: Arc::new(Shared {
+                ledger: Mutex::new(ledger),
+                config,
+                fatal: Notify::new(),
+            }),
+        })
+    }
+
+    /// The state as loaded (or as last granted).
+    pub fn state(&self) -> ArbiterState {
+        match self.shared.ledger.lock() {
+            Ok(ledger) => ledger.state().clone(),
+            Err(poisoned) => poisoned.into_inner().state().clone(),
+        }
+    }
+
+    /// Accepts connections until `shutdown` completes (then returns `Ok`) or
+    /// the state file cannot be written (then returns `StoreFailed`).
+    /// Requests being answered are finished; idle connections are closed.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let (stop_tx, stop_rx) = watch::channel(());
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        let result = loop {
+            tokio::select! {
+                () = &mut shutdown => break Ok(()),
+                () = self.shared.fatal.notified() => break Err(ServeError::StoreFailed),
+                Some(joined) = connections.join_next() => {
+                    if let Err(e) = joined {
+                        error!("connection task failed: {e}");
+                    }
+                }
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => self.admit(&mut connections, stream, peer, &stop_rx),
+                    Err(e) => {
+                        warn!("accept failed: {e}");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                },
+            }
+        };
+        drop(listener);
+        // Wakes the connections that wait for a request; the others finish
+        // their answer, which io_timeout bounds.
+        let _ = stop_tx.send(());
+        let grace = self.shared.config.io_timeout + LINGER_TIME;
+        let drained = timeout(grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                count = connections.len(),
+                "closing connections that did not finish in time"
+            );
+            connections.shutdown().await;
+        }
+        result
+    }
+
+    fn admit(
+        &self,
+        connections: &mut JoinSet<()>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        stop: &watch::Receiver<()>,
+    ) {
+        if connections.len() >= self.shared.config.max_connections {
+            warn!(%peer, "too many connections; refusing this one");
+            // Best effort and non-blocking: the peer may not be reading.
+            let busy = Response::Error {
+                code: ErrorCode::Busy,
+                message: "too many connections".into(),
+            };
+            let _ = stream.try_write(&busy.encode());
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        connections.spawn(handle_connection(shared, stream, peer, stop.clone()));
+    }
+}
+
+async fn handle_connection(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<()>,
+) {
+    // Answers are single small writes; do not let Nagle delay a failover.
+    let _ = stream.set_nodelay(true);
+    let config = &shared.config;
+    let deadline = Instant::now() + config.max_connection_time;
+    debug!(%peer, "connection opened");
+    loop {
+        let read = tokio::select! {
+            _ = stop.changed() => break,
+            read = timeout_at(
+                deadline,
+                read_frame(&mut stream, config.idle_timeout, config.io_timeout),
+            ) => read,
+        };
+        let frame = match read {
+            Err(_) => {
+                debug!(%peer, "connection reached its time limit; closing");
+                break;
+            }
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => return reject(stream, peer, e, config).await,
+        };
+        let request = match Request::decode(&frame) {
+            Ok(request) => request,
+            Err(e) => return reject(stream, peer, e, config).await,
+        };
+        let response = Arc::clone(&shared).answer(request, peer).await;
+        if let Err(e) = write_frame(&mut stream, &response.encode(), config.io_timeout).await {
+            warn!(%peer, "could not send the answer: {e}");
+            break;
+        }
+        if matches!(response, Response::Error { .. }) {
+            return linger_close(stream).await;
+        }
+    }
+    debug!(%peer, "connection closed");
+}
+
+/// Logs a bad request, answers it with an error where the peer can still
+/// listen, and closes the connection (the framing may be lost).
+async fn reject(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    err: ProtocolError,
+    config: &ServerConfig,
+) {
+    let Some(code) = err.error_code() else {
+        debug!(%peer, "connection ended: {err}");
+        return;
+    };
+    warn!(%peer, "bad request: {err}; closing the connection");
+    let answer = Response::Error {
+        code,
+        message: err.to_string(),
+    };
+    if write_frame(&mut stream, &answer.encode(), config.io_timeout)
+        .await
+        .is_ok()
+    {
+        linger_close(stream).await;
+    }
+}
+
+async fn linger_close(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let _ = timeout(LINGER_TIME, async {
+        let mut buf = [0u8; 1024];
+        let mut discarded = 0;
+        while discarded < LINGER_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => discarded += n,
+            }
+        }
+    })
+    .await;
+}
+
+impl Shared {
+    async fn answer(self: Arc<Self>, request: Request, peer: SocketAddr) -> Response {
+        let shared = Arc::clone(&self);
+        // The ledger blocks on fsync, and running it as its own task means
+        // a claim completes (file and memory agree) even if this connection
+        // is dropped meanwhile.
+        let answered = tokio::task::spawn_blocking(move || shared.answer_blocking(request, peer));
+        match answered.await {
+            Ok(response) => response,
+            Err(e) => {
+                error!("ledger task failed: {e}");
+                self.fatal.notify_one();
+                store_failed(&LedgerError::Poisoned)
+            }
+        }
+    }
+
+    fn answer_blocking(&self, request: Request, peer: SocketAddr) -> Response {
+        // A panic while the lock was held may have left file and memory
+        // apart: treat it like a failed write.
+        let Ok(mut ledger) = self.ledger.lock() else {
+            self.fatal.notify_one();
+            return store_failed(&LedgerError::Poisoned);
+        };
+        let (node, expected_generation) = match request {
+            Request::Query => {
+                debug!(%peer, "query");
+                return Response::State(ledger.state().clone());
+            }
+            Request::Claim {
+                node,
+                expected_generation,
+            } => (node, expected_generation),
+        };
+        match ledger.claim(&node, expected_generation) {
+            Ok((ClaimOutcome::Granted { generation }, effect)) => {
+                let how = if effect == ClaimEffect::Repeated {
+                    "claim granted again (repeat of the winning claim)"
+                } else {
+                    "claim granted"
+                };
+                info!(%peer, node = %node, expected = expected_generation, generation, "{how}");
+                Response::Granted { generation }
+            }
+            Ok((ClaimOutcome::Denied { generation, owner }, _)) => {
+                info!(
+                    %peer, node = %node, expected = expected_generation, generation,
+                    owner = owner.as_deref().unwrap_or("-"),
+                    "claim denied"
+                );
+                Response::Denied { generation, owner }
+            }
+            Err(e) => {
+                error!(%peer, node = %node, expected = expected_generation, "claim failed: {e}");
+                self.fatal.notify_one();
+                store_failed(&e)
+            }
+        }
+    }
+}
+
+fn store_failed(err: &LedgerError) -> Response {
+    Response::Error {
+        code: ErrorCode::StoreFailed,
+        message: err.to_string(),
+    }
+}

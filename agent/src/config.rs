@@ -25,7 +25,9 @@ pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8)> {
         .split_once('/')
         .with_context(|| format!("address {text:?} needs a prefix length, like 198.18.0.2/24"))?;
     let addr: Ipv4Addr = addr.parse().with_context(|| format!("address {text:?}"))?;
-    let prefix: u8 = prefix.parse().with_context(|| format!("prefix of {text:?}"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .with_context(|| format!("prefix of {text:?}"))?;
     if prefix > 32 {
         bail!("prefix length {prefix} in {text:?} is over 32");
     }

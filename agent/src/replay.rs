@@ -26,7 +26,8 @@ pub struct ReplayArgs {
 
 pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let image = GuestImage::from_file(&args.guest)?;
-    let mut reader = LogReader::open(&args.log).with_context(|| format!("open log {}", args.log.display()))?;
+    let mut reader =
+        LogReader::open(&args.log).with_context(|| format!("open log {}", args.log.display()))?;
     let header = *reader.header();
     if header.image_hash != image.hash() {
         bail!(
@@ -37,7 +38,12 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
         );
     }
     let machine = Machine::new(&image, &header.config).context("create the VM")?;
-    let mut pcap = args.pcap.as_deref().map(PcapWriter::create).transpose().context("create pcap")?;
+    let mut pcap = args
+        .pcap
+        .as_deref()
+        .map(PcapWriter::create)
+        .transpose()
+        .context("create pcap")?;
     let mut pcap_error = None;
     let mut on_output = |frame: &[u8], clock_ns: u64| {
         if let Some(pcap) = &mut pcap {
@@ -61,12 +67,18 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
                 summary.exits,
                 summary.entries,
                 summary.outputs,
-                summary.guest_exit_code.map_or("none".into(), |c| c.to_string()),
+                summary
+                    .guest_exit_code
+                    .map_or("none".into(), |c| c.to_string()),
             );
             Ok(ExitCode::SUCCESS)
         }
         Err(ReplayError::Divergence(d)) => {
-            println!("divergence exit={} seq={}", d.exit, d.seq.map_or("none".into(), |s| s.to_string()));
+            println!(
+                "divergence exit={} seq={}",
+                d.exit,
+                d.seq.map_or("none".into(), |s| s.to_string())
+            );
             eprintln!("agent: {d}");
             Ok(ExitCode::from(EXIT_DIVERGENCE))
         }

@@ -90,7 +90,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let config = guest_config(&args.mac, &args.ip, args.gateway)?;
     let image = GuestImage::from_file(&args.guest)?;
     let machine = Machine::new(&image, &config).context("create the VM")?;
-    let (nic_rx, nic_tx) = nic::tap::open(&args.tap).with_context(|| format!("open TAP {}", args.tap))?;
+    let (nic_rx, nic_tx) =
+        nic::tap::open(&args.tap).with_context(|| format!("open TAP {}", args.tap))?;
 
     let mut log: Box<dyn LogSink> = match &args.record {
         Some(path) => {
@@ -98,14 +99,20 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 image_hash: image.hash(),
                 config,
             };
-            let writer = LogWriter::create(path, &header).with_context(|| format!("create {}", path.display()))?;
+            let writer = LogWriter::create(path, &header)
+                .with_context(|| format!("create {}", path.display()))?;
             Box::new(FileLog(writer))
         }
         None => Box::new(NoLog),
     };
     let mut output = ReleaseNow {
         nic: Box::new(nic_tx),
-        pcap: args.pcap.as_deref().map(PcapWriter::create).transpose().context("create pcap")?,
+        pcap: args
+            .pcap
+            .as_deref()
+            .map(PcapWriter::create)
+            .transpose()
+            .context("create pcap")?,
         send_errors: 0,
     };
 
@@ -113,7 +120,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let (inputs_tx, inputs_rx) = sync_channel(args.rx_queue);
     let shutdown = Arc::new(AtomicBool::new(false));
     let queue_drops = Arc::new(AtomicU64::new(0));
-    let rx_thread = spawn_rx_thread(Box::new(nic_rx), inputs_tx.clone(), shutdown.clone(), queue_drops.clone());
+    let rx_thread = spawn_rx_thread(
+        Box::new(nic_rx),
+        inputs_tx.clone(),
+        shutdown.clone(),
+        queue_drops.clone(),
+    );
     spawn_signal_thread(stop_signals, inputs_tx);
 
     tracing::info!(
@@ -151,7 +163,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     match summary.guest_exit_code {
         None | Some(0) => Ok(ExitCode::SUCCESS),
         Some(code) => {
-            tracing::error!(code, "the guest halted with an error (see its console lines above)");
+            tracing::error!(
+                code,
+                "the guest halted with an error (see its console lines above)"
+            );
             Ok(ExitCode::from(3))
         }
     }

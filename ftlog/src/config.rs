@@ -32,7 +32,11 @@ impl GuestConfig {
             reason,
         };
         if bytes.len() != Self::ENCODED_LEN {
-            return Err(malformed(format!("{} bytes, expected {}", bytes.len(), Self::ENCODED_LEN)));
+            return Err(malformed(format!(
+                "{} bytes, expected {}",
+                bytes.len(),
+                Self::ENCODED_LEN
+            )));
         }
         let config = GuestConfig {
             mac: bytes[0..6].try_into().expect("length checked"),

@@ -128,9 +128,13 @@ impl Entry {
             reason,
         };
         if body.len() < FIXED_LEN {
-            return Err(malformed(format!("{} bytes is shorter than an entry header", body.len())));
+            return Err(malformed(format!(
+                "{} bytes is shorter than an entry header",
+                body.len()
+            )));
         }
-        let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("in bounds"));
+        let u64_at =
+            |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("in bounds"));
         let seq = u64_at(0);
         let position = Position {
             exit: u64_at(8),
@@ -151,7 +155,10 @@ impl Entry {
         let payload = match kind {
             KIND_RX_FRAME => {
                 if rest.is_empty() || rest.len() > MAX_FRAME_LEN {
-                    return Err(malformed(format!("rx frame of {} bytes (seq {seq})", rest.len())));
+                    return Err(malformed(format!(
+                        "rx frame of {} bytes (seq {seq})",
+                        rest.len()
+                    )));
                 }
                 Payload::RxFrame(rest.to_vec())
             }
@@ -173,7 +180,9 @@ impl Entry {
             KIND_HALT => {
                 let state_hash = rest
                     .get(..32)
-                    .ok_or_else(|| malformed(format!("halt payload of {} bytes (seq {seq})", rest.len())))?
+                    .ok_or_else(|| {
+                        malformed(format!("halt payload of {} bytes (seq {seq})", rest.len()))
+                    })?
                     .try_into()
                     .expect("length checked");
                 let guest_exit_code = match &rest[32..] {
@@ -181,7 +190,12 @@ impl Entry {
                     [1, code @ ..] if code.len() == 4 => {
                         Some(u32::from_le_bytes(code.try_into().expect("length checked")))
                     }
-                    _ => return Err(malformed(format!("halt payload of {} bytes (seq {seq})", rest.len()))),
+                    _ => {
+                        return Err(malformed(format!(
+                            "halt payload of {} bytes (seq {seq})",
+                            rest.len()
+                        )))
+                    }
                 };
                 Payload::Halt {
                     state_hash,
@@ -205,7 +219,10 @@ mod tests {
     fn roundtrip(payload: Payload) {
         let entry = Entry {
             seq: 7,
-            position: Position { exit: 42, rip: 0x100123 },
+            position: Position {
+                exit: 42,
+                rip: 0x100123,
+            },
             payload,
         };
         let mut body = Vec::new();
@@ -218,9 +235,18 @@ mod tests {
         roundtrip(Payload::RxFrame(vec![1, 2, 3]));
         roundtrip(Payload::Clock(123_456_789));
         roundtrip(Payload::Entropy([9; 32]));
-        roundtrip(Payload::Output { len: 60, digest: [5; 16] });
-        roundtrip(Payload::Halt { state_hash: [3; 32], guest_exit_code: None });
-        roundtrip(Payload::Halt { state_hash: [3; 32], guest_exit_code: Some(2) });
+        roundtrip(Payload::Output {
+            len: 60,
+            digest: [5; 16],
+        });
+        roundtrip(Payload::Halt {
+            state_hash: [3; 32],
+            guest_exit_code: None,
+        });
+        roundtrip(Payload::Halt {
+            state_hash: [3; 32],
+            guest_exit_code: Some(2),
+        });
     }
 
     #[test]
@@ -233,7 +259,10 @@ mod tests {
         }
         .encode_body(&mut body);
         for len in 0..body.len() {
-            assert!(Entry::decode_body(&body[..len], 0).is_err(), "prefix of {len} bytes");
+            assert!(
+                Entry::decode_body(&body[..len], 0).is_err(),
+                "prefix of {len} bytes"
+            );
         }
         let mut unknown = body.clone();
         unknown[24] = 99;

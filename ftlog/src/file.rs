@@ -202,7 +202,10 @@ mod tests {
             writer
                 .append(&Entry {
                     seq,
-                    position: Position { exit: seq * 2, rip: 0x1000 },
+                    position: Position {
+                        exit: seq * 2,
+                        rip: 0x1000,
+                    },
                     payload: Payload::RxFrame(vec![seq as u8; 60]),
                 })
                 .unwrap();
@@ -236,10 +239,13 @@ mod tests {
         let frame_len = (good.len() - header_len) / 3;
         for len in 0..good.len() {
             std::fs::write(&path, &good[..len]).unwrap();
-            let at_frame_boundary = len >= header_len && (len - header_len) % frame_len == 0;
+            let at_frame_boundary = len >= header_len && (len - header_len).is_multiple_of(frame_len);
             if !at_frame_boundary {
                 let err = read_all(&path).unwrap_err();
-                assert!(matches!(err, LogError::Truncated { .. }), "cut at {len}: {err}");
+                assert!(
+                    matches!(err, LogError::Truncated { .. }),
+                    "cut at {len}: {err}"
+                );
             }
         }
 
@@ -247,13 +253,19 @@ mod tests {
         let last = bad_crc.len() - 1;
         bad_crc[last] ^= 0xff;
         std::fs::write(&path, &bad_crc).unwrap();
-        assert!(matches!(read_all(&path).unwrap_err(), LogError::BadChecksum { .. }));
+        assert!(matches!(
+            read_all(&path).unwrap_err(),
+            LogError::BadChecksum { .. }
+        ));
 
         let mut bad_version = good.clone();
         bad_version[8] = 9;
         std::fs::write(&path, &bad_version).unwrap();
         let err = read_all(&path).unwrap_err();
-        assert!(err.to_string().contains("version 9 is not supported"), "{err}");
+        assert!(
+            err.to_string().contains("version 9 is not supported"),
+            "{err}"
+        );
 
         let mut bad_magic = good;
         bad_magic[0] = b'X';

@@ -27,7 +27,7 @@ pub fn tiny_elf(code: &[u8]) -> Vec<u8> {
     elf.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
     elf.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
     elf.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
-    // Program header: PT_LOAD, R+X, the whole file at BASE.
+                                                // Program header: PT_LOAD, R+X, the whole file at BASE.
     elf.extend_from_slice(&1u32.to_le_bytes());
     elf.extend_from_slice(&5u32.to_le_bytes());
     elf.extend_from_slice(&0u64.to_le_bytes()); // p_offset

@@ -17,20 +17,25 @@ use std::time::{Duration, Instant};
 pub fn require_root_and_kvm() {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "end-to-end tests need root (namespaces, TAP, KVM, BPF)");
+    assert_eq!(
+        euid, 0,
+        "end-to-end tests need root (namespaces, TAP, KVM, BPF)"
+    );
     assert!(
         Path::new("/dev/kvm").exists(),
         "end-to-end tests need /dev/kvm"
     );
 }
 
-/// `target/<profile>`: the test executable lives in its `deps/` folder.
+/// `target/<profile>`: where the running executable lives (tests run from
+/// its `deps/` folder, xtask from the folder itself).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test executable is in target/<profile>/deps")
-        .to_path_buf()
+    let dir = exe.parent().expect("executable has a folder");
+    match dir.file_name() {
+        Some(name) if name == "deps" => dir.parent().expect("deps has a parent").to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
 }
 
 /// A workspace binary built next to the tests (`cargo xtask test` builds them).
@@ -60,9 +65,11 @@ pub struct ScratchDir(PathBuf);
 
 impl ScratchDir {
     pub fn new(tag: &str) -> Self {
-        let path = target_dir()
-            .join("scratch")
-            .join(format!("{tag}-{}-{}", std::process::id(), next_id()));
+        let path = target_dir().join("scratch").join(format!(
+            "{tag}-{}-{}",
+            std::process::id(),
+            next_id()
+        ));
         std::fs::create_dir_all(&path).expect("create scratch dir");
         ScratchDir(path)
     }
@@ -134,6 +141,28 @@ impl Netns {
         run(&mut cmd)
     }
 
+    /// Runs `f` on a thread that has entered this namespace, so plain
+    /// sockets in the test reach what lives inside it.
+    pub fn run_inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let ns =
+                        std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                    // SAFETY: setns on a valid namespace fd; it only changes
+                    // this (fresh, scoped) thread's network namespace.
+                    let rc = unsafe {
+                        libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET)
+                    };
+                    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                    f()
+                })
+                .join()
+                .expect("namespace thread panicked")
+        })
+    }
+
     /// A TAP device in this namespace with `host_cidr` on the host side, up.
     pub fn add_tap(&self, name: &str, host_cidr: &str) -> Result<()> {
         self.exec(&["ip", "tuntap", "add", "dev", name, "mode", "tap"])?;
@@ -176,7 +205,12 @@ impl Process {
         // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
         let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
         if rc != 0 {
-            bail!("kill {} ({}): {}", self.pid(), self.what, std::io::Error::last_os_error());
+            bail!(
+                "kill {} ({}): {}",
+                self.pid(),
+                self.what,
+                std::io::Error::last_os_error()
+            );
         }
         Ok(())
     }
@@ -190,7 +224,11 @@ impl Process {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("{} (pid {}) did not exit within {limit:?}", self.what, self.pid());
+                bail!(
+                    "{} (pid {}) did not exit within {limit:?}",
+                    self.what,
+                    self.pid()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -220,7 +258,11 @@ impl Drop for Process {
 }
 
 /// Polls `check` every 50 ms until it returns `Ok(Some(_))`, at most `limit`.
-pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+pub fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let deadline = Instant::now() + limit;
     let mut last_err = None;
     while Instant::now() < deadline {
@@ -234,5 +276,101 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Resul
     match last_err {
         Some(e) => Err(e.context(format!("timed out waiting for {what}"))),
         None => bail!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+/// The guest's identity in single-host tests.
+pub const GUEST_IP: &str = "198.18.0.2";
+pub const GUEST_MAC: &str = "02:00:00:00:00:02";
+const HOST_CIDR: &str = "198.18.0.1/24";
+
+/// A guest served by `agent run` over a TAP in its own namespace.
+pub struct GuestOnTap {
+    pub agent: Process,
+    pub ns: Netns,
+}
+
+impl GuestOnTap {
+    /// Starts the agent with `extra` arguments (e.g. `--record FILE`) and
+    /// waits until the guest answers PING.
+    pub fn start(tag: &str, extra: &[&std::ffi::OsStr]) -> Result<Self> {
+        let ns = Netns::new(tag)?;
+        ns.add_tap("tap0", HOST_CIDR)?;
+        ns.exec(&[
+            "ip", "neigh", "replace", GUEST_IP, "lladdr", GUEST_MAC, "dev", "tap0",
+        ])?;
+        let mut cmd = ns.command(binary("agent"));
+        cmd.arg("run")
+            .arg("--guest")
+            .arg(guest_image())
+            .args([
+                "--tap",
+                "tap0",
+                "--ip",
+                &format!("{GUEST_IP}/24"),
+                "--mac",
+                GUEST_MAC,
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let agent = Process::spawn(cmd, "agent run")?;
+        let guest = GuestOnTap { agent, ns };
+        wait_for("the guest to answer PING", Duration::from_secs(30), || {
+            Ok((guest.redis(&["PING"])? == "PONG").then_some(()))
+        })?;
+        Ok(guest)
+    }
+
+    /// Runs `redis-cli` against the guest and returns its trimmed output.
+    pub fn redis(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = self.ns.command("redis-cli");
+        cmd.args(["-h", GUEST_IP, "-p", "6379"]).args(args);
+        let out = run(&mut cmd)?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    }
+
+    /// Stops the agent with SIGTERM and returns its `key=value` summary.
+    pub fn stop(self) -> Result<Summary> {
+        self.agent.signal(libc::SIGTERM)?;
+        let out = self.agent.wait_with_output(Duration::from_secs(30))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        if !out.status.success() {
+            bail!(
+                "agent failed ({}): {stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Summary::parse(&stdout))
+    }
+}
+
+/// The `key=value` line an agent prints when it ends.
+#[derive(Debug)]
+pub struct Summary(std::collections::BTreeMap<String, String>);
+
+impl Summary {
+    pub fn parse(text: &str) -> Self {
+        let line = text.lines().last().unwrap_or("");
+        Summary(
+            line.split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, key: &str) -> &str {
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("no {key} in summary {:?}", self.0))
+    }
+
+    pub fn number(&self, key: &str) -> u64 {
+        self.get(key)
+            .parse()
+            .unwrap_or_else(|_| panic!("{key} is not a number in {:?}", self.0))
     }
 }

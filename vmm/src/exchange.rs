@@ -51,14 +51,20 @@ fn abi_violation(rip: u64, reason: String) -> MachineError {
 pub fn take_request(mem: &GuestMemoryMmap, rip: impl Fn() -> u64) -> Result<Request, MachineError> {
     let tx_count = read_u32(mem, offsets::TX_COUNT)? as usize;
     if tx_count > abi::FRAME_SLOTS {
-        return Err(abi_violation(rip(), format!("tx_count {tx_count} > {}", abi::FRAME_SLOTS)));
+        return Err(abi_violation(
+            rip(),
+            format!("tx_count {tx_count} > {}", abi::FRAME_SLOTS),
+        ));
     }
     let mut tx_frames = Vec::with_capacity(tx_count);
     for index in 0..tx_count {
         let base = slot(offsets::TX, index);
         let len = mem.read_obj::<u32>(GuestAddress(base)).map_err(mem_err)? as usize;
         if len == 0 || len > abi::FRAME_CAPACITY {
-            return Err(abi_violation(rip(), format!("tx frame {index} has length {len}")));
+            return Err(abi_violation(
+                rip(),
+                format!("tx frame {index} has length {len}"),
+            ));
         }
         let mut frame = vec![0u8; len];
         mem.read_slice(&mut frame, GuestAddress(base + offsets::SLOT_DATA as u64))
@@ -67,11 +73,16 @@ pub fn take_request(mem: &GuestMemoryMmap, rip: impl Fn() -> u64) -> Result<Requ
     }
     let console_len = (read_u32(mem, offsets::CONSOLE_LEN)? as usize).min(abi::CONSOLE_CAPACITY);
     let mut console = vec![0u8; console_len];
-    mem.read_slice(&mut console, at(offsets::CONSOLE)).map_err(mem_err)?;
+    mem.read_slice(&mut console, at(offsets::CONSOLE))
+        .map_err(mem_err)?;
     let flags = read_u32(mem, offsets::FLAGS)?;
-    let wait_until_ns = mem.read_obj::<u64>(at(offsets::WAIT_UNTIL_NS)).map_err(mem_err)?;
-    mem.write_obj(0u32, at(offsets::TX_COUNT)).map_err(mem_err)?;
-    mem.write_obj(0u32, at(offsets::CONSOLE_LEN)).map_err(mem_err)?;
+    let wait_until_ns = mem
+        .read_obj::<u64>(at(offsets::WAIT_UNTIL_NS))
+        .map_err(mem_err)?;
+    mem.write_obj(0u32, at(offsets::TX_COUNT))
+        .map_err(mem_err)?;
+    mem.write_obj(0u32, at(offsets::CONSOLE_LEN))
+        .map_err(mem_err)?;
     Ok(Request {
         tx_frames,
         console,
@@ -83,11 +94,18 @@ pub fn take_request(mem: &GuestMemoryMmap, rip: impl Fn() -> u64) -> Result<Requ
 /// Writes the inputs delivered at this exit. `rx_count` is always written
 /// (0 when there are no frames) so the guest never sees stale frames.
 pub fn deliver(mem: &GuestMemoryMmap, delivery: &Delivery) -> Result<(), MachineError> {
-    assert!(delivery.rx_frames.len() <= abi::FRAME_SLOTS, "caller bounds rx frames per exit");
+    assert!(
+        delivery.rx_frames.len() <= abi::FRAME_SLOTS,
+        "caller bounds rx frames per exit"
+    );
     for (index, frame) in delivery.rx_frames.iter().enumerate() {
-        assert!(frame.len() <= abi::FRAME_CAPACITY, "caller bounds frame length");
+        assert!(
+            frame.len() <= abi::FRAME_CAPACITY,
+            "caller bounds frame length"
+        );
         let base = slot(offsets::RX, index);
-        mem.write_obj(frame.len() as u32, GuestAddress(base)).map_err(mem_err)?;
+        mem.write_obj(frame.len() as u32, GuestAddress(base))
+            .map_err(mem_err)?;
         mem.write_slice(frame, GuestAddress(base + offsets::SLOT_DATA as u64))
             .map_err(mem_err)?;
     }
@@ -97,7 +115,8 @@ pub fn deliver(mem: &GuestMemoryMmap, delivery: &Delivery) -> Result<(), Machine
         mem.write_obj(now, at(offsets::NOW_NS)).map_err(mem_err)?;
     }
     if let Some(entropy) = delivery.entropy {
-        mem.write_slice(&entropy, at(offsets::ENTROPY)).map_err(mem_err)?;
+        mem.write_slice(&entropy, at(offsets::ENTROPY))
+            .map_err(mem_err)?;
     }
     Ok(())
 }

@@ -72,7 +72,10 @@ impl GuestImage {
             return Err(bad(format!("architecture {:?}", file.architecture())));
         }
         if file.kind() != object::ObjectKind::Executable {
-            return Err(bad(format!("kind {:?}, expected a static executable", file.kind())));
+            return Err(bad(format!(
+                "kind {:?}, expected a static executable",
+                file.kind()
+            )));
         }
         let mut segments = Vec::new();
         for segment in file.segments() {
@@ -80,7 +83,9 @@ impl GuestImage {
             if mem_size == 0 {
                 continue;
             }
-            let end = address.checked_add(mem_size).ok_or_else(|| bad("segment overflows".into()))?;
+            let end = address
+                .checked_add(mem_size)
+                .ok_or_else(|| bad("segment overflows".into()))?;
             if address < abi::IMAGE_BASE || end > abi::IMAGE_LIMIT {
                 return Err(bad(format!(
                     "segment {address:#x}..{end:#x} is outside {:#x}..{:#x}",
@@ -101,7 +106,9 @@ impl GuestImage {
             .iter()
             .any(|s| (s.address..s.address + s.bytes.len() as u64).contains(&entry))
         {
-            return Err(bad(format!("entry point {entry:#x} is not inside a loaded segment")));
+            return Err(bad(format!(
+                "entry point {entry:#x} is not inside a loaded segment"
+            )));
         }
         check_code(&file)?;
         Ok(GuestImage {
@@ -124,7 +131,9 @@ impl GuestImage {
         for segment in &self.segments {
             memory
                 .write_slice(&segment.bytes, GuestAddress(segment.address))
-                .map_err(|e| MachineError::Memory(format!("load segment at {:#x}: {e}", segment.address)))?;
+                .map_err(|e| {
+                    MachineError::Memory(format!("load segment at {:#x}: {e}", segment.address))
+                })?;
         }
         Ok(())
     }
@@ -151,8 +160,11 @@ fn check_code(file: &object::File) -> Result<(), LoadError> {
         // point where it lies inside one (what precedes it there is usually
         // the ELF headers, not code).
         for segment in file.segments() {
-            if matches!(segment.flags(), SegmentFlags::Elf { p_flags, .. } if p_flags.0 & PF_X != 0) {
-                let data = segment.data().map_err(|e| LoadError::BadElf(e.to_string()))?;
+            if matches!(segment.flags(), SegmentFlags::Elf { p_flags, .. } if p_flags.0 & PF_X != 0)
+            {
+                let data = segment
+                    .data()
+                    .map_err(|e| LoadError::BadElf(e.to_string()))?;
                 let (offset, address) = (segment.file_range().0, segment.address());
                 let skip = match file.entry().checked_sub(address) {
                     Some(skip) if skip < data.len() as u64 => skip,

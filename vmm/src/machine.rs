@@ -96,8 +96,9 @@ impl Machine {
     pub fn new(image: &GuestImage, config: &GuestConfig) -> Result<Machine, MachineError> {
         let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
         let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
-        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), abi::RAM_SIZE as usize)])
-            .map_err(|e| MachineError::Memory(e.to_string()))?;
+        let memory =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), abi::RAM_SIZE as usize)])
+                .map_err(|e| MachineError::Memory(e.to_string()))?;
         let host_addr = memory
             .get_host_address(GuestAddress(0))
             .map_err(|e| MachineError::Memory(e.to_string()))?;
@@ -287,7 +288,12 @@ impl Machine {
             let exit = match self.vcpu.run() {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-                Err(source) => return Err(MachineError::Kvm { what: "run vCPU", source }),
+                Err(source) => {
+                    return Err(MachineError::Kvm {
+                        what: "run vCPU",
+                        source,
+                    })
+                }
             };
             let crash = match exit {
                 VcpuExit::IoOut(abi::PORT_EXCHANGE, _) => return Ok(GuestExit::Exchange),
@@ -302,7 +308,9 @@ impl Machine {
                 VcpuExit::MmioRead(addr, _) => format!("read of unmapped address {addr:#x}"),
                 VcpuExit::MmioWrite(addr, _) => format!("write to unmapped address {addr:#x}"),
                 VcpuExit::Shutdown => "triple fault (an exception with no IDT)".to_string(),
-                VcpuExit::InternalError => "KVM internal error (an instruction KVM cannot emulate)".to_string(),
+                VcpuExit::InternalError => {
+                    "KVM internal error (an instruction KVM cannot emulate)".to_string()
+                }
                 other => format!("unexpected exit {other:?}"),
             };
             let rip = self.rip().unwrap_or(0);
@@ -331,8 +339,8 @@ impl Machine {
 
         let r = self.vcpu.get_regs().map_err(kvm_err("get regs"))?;
         for v in [
-            r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12,
-            r.r13, r.r14, r.r15, r.rip, r.rflags,
+            r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11,
+            r.r12, r.r13, r.r14, r.r15, r.rip, r.rflags,
         ] {
             hasher.update(&v.to_le_bytes());
         }

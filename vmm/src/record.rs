@@ -121,7 +121,11 @@ impl Recorder {
     }
 
     /// Runs until a stop is requested or the guest halts.
-    pub fn run(mut self, log: &mut dyn LogSink, out: &mut dyn OutputSink) -> Result<RunSummary, RecordError> {
+    pub fn run(
+        mut self,
+        log: &mut dyn LogSink,
+        out: &mut dyn OutputSink,
+    ) -> Result<RunSummary, RecordError> {
         loop {
             if let Some(summary) = self.step(log, out)? {
                 return Ok(summary);
@@ -129,7 +133,12 @@ impl Recorder {
         }
     }
 
-    fn append(&mut self, log: &mut dyn LogSink, position: Position, payload: Payload) -> Result<u64, RecordError> {
+    fn append(
+        &mut self,
+        log: &mut dyn LogSink,
+        position: Position,
+        payload: Payload,
+    ) -> Result<u64, RecordError> {
         let seq = self.next_seq;
         self.next_seq += 1;
         log.append(Entry {
@@ -143,7 +152,11 @@ impl Recorder {
 
     /// Runs the guest to its next exit and handles it; returns the summary
     /// once the run has ended.
-    pub fn step(&mut self, log: &mut dyn LogSink, out: &mut dyn OutputSink) -> Result<Option<RunSummary>, RecordError> {
+    pub fn step(
+        &mut self,
+        log: &mut dyn LogSink,
+        out: &mut dyn OutputSink,
+    ) -> Result<Option<RunSummary>, RecordError> {
         let exit = self.machine.run_to_exit()?;
         let exit_index = self.exits;
         self.exits += 1;
@@ -182,7 +195,8 @@ impl Recorder {
 
         let now = self.clock.now_ns().max(self.delivered_clock_ns);
         let timer_fired = waits && now >= request.wait_until_ns;
-        let clock_ns = (timer_fired || now >= self.delivered_clock_ns + CLOCK_GRANULARITY_NS).then_some(now);
+        let clock_ns =
+            (timer_fired || now >= self.delivered_clock_ns + CLOCK_GRANULARITY_NS).then_some(now);
         let entropy = request.wants_entropy.then(|| {
             let mut bytes = [0u8; 32];
             getrandom::fill(&mut bytes).expect("the kernel's random source is available");
@@ -227,7 +241,10 @@ impl Recorder {
             Some(at) => self
                 .inputs
                 .recv_timeout(at.saturating_duration_since(Instant::now())),
-            None => self.inputs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            None => self
+                .inputs
+                .recv()
+                .map_err(|_| RecvTimeoutError::Disconnected),
         };
         match first {
             Ok(input) => {
@@ -288,7 +305,10 @@ pub fn output_digest(frame: &[u8]) -> [u8; ftlog::OUTPUT_DIGEST_LEN] {
 /// Guest console text goes to the log, one line per event (at debug level
 /// when replaying: the primary already said it).
 pub(crate) fn log_console(console: &[u8], replaying: bool) {
-    for line in String::from_utf8_lossy(console).lines().filter(|l| !l.is_empty()) {
+    for line in String::from_utf8_lossy(console)
+        .lines()
+        .filter(|l| !l.is_empty())
+    {
         if replaying {
             tracing::debug!(target: "guest", "{line}");
         } else {

@@ -105,7 +105,11 @@ impl Replayer {
     }
 
     /// The next entry if it belongs to exit `exit`.
-    fn next_at(&mut self, source: &mut dyn EntrySource, exit: u64) -> Result<Option<Entry>, ReplayError> {
+    fn next_at(
+        &mut self,
+        source: &mut dyn EntrySource,
+        exit: u64,
+    ) -> Result<Option<Entry>, ReplayError> {
         if self.peeked.is_none() {
             self.peeked = source.next_entry()?;
         }
@@ -124,7 +128,12 @@ impl Replayer {
     }
 
     fn diverged(&self, exit: u64, rip: u64, seq: Option<u64>, detail: String) -> ReplayError {
-        ReplayError::Divergence(Divergence { exit, rip, seq, detail })
+        ReplayError::Divergence(Divergence {
+            exit,
+            rip,
+            seq,
+            detail,
+        })
     }
 
     /// Runs to the next exit and applies the log there.
@@ -149,7 +158,11 @@ impl Replayer {
                 let entry = self.next_at(source, exit)?;
                 match entry {
                     Some(Entry {
-                        payload: Payload::Output { len, digest: logged },
+                        payload:
+                            Payload::Output {
+                                len,
+                                digest: logged,
+                            },
                         ..
                     }) if len as usize == frame.len() && logged == digest => {
                         self.outputs += 1;
@@ -188,13 +201,19 @@ impl Replayer {
                         exit,
                         rip,
                         Some(entry.seq),
-                        format!("the log records a {len}-byte output frame the guest did not produce"),
+                        format!(
+                            "the log records a {len}-byte output frame the guest did not produce"
+                        ),
                     ))
                 }
                 Payload::Halt {
                     state_hash,
                     guest_exit_code,
-                } => return self.finish(exit, rip, entry.seq, state_hash, guest_exit_code, exit_kind).map(Some),
+                } => {
+                    return self
+                        .finish(exit, rip, entry.seq, state_hash, guest_exit_code, exit_kind)
+                        .map(Some)
+                }
                 _ => inputs.push(entry),
             }
         }
@@ -211,12 +230,20 @@ impl Replayer {
         Ok(None)
     }
 
-    fn deliver(&mut self, exit: u64, rip: u64, inputs: &[Entry], wants_entropy: bool) -> Result<(), ReplayError> {
+    fn deliver(
+        &mut self,
+        exit: u64,
+        rip: u64,
+        inputs: &[Entry],
+        wants_entropy: bool,
+    ) -> Result<(), ReplayError> {
         let mut delivery = Delivery::default();
         for entry in inputs {
             match &entry.payload {
                 Payload::RxFrame(frame) => {
-                    if frame.len() > abi::FRAME_CAPACITY || delivery.rx_frames.len() == abi::FRAME_SLOTS {
+                    if frame.len() > abi::FRAME_CAPACITY
+                        || delivery.rx_frames.len() == abi::FRAME_SLOTS
+                    {
                         return Err(ReplayError::Malformed(format!(
                             "entry {} delivers more than one exchange can hold",
                             entry.seq
@@ -240,7 +267,9 @@ impl Replayer {
                     ))
                 }
                 Payload::Entropy(bytes) => delivery.entropy = Some(*bytes),
-                Payload::Output { .. } | Payload::Halt { .. } => unreachable!("handled by the caller"),
+                Payload::Output { .. } | Payload::Halt { .. } => {
+                    unreachable!("handled by the caller")
+                }
             }
         }
         if wants_entropy && delivery.entropy.is_none() {

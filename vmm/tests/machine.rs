@@ -26,7 +26,10 @@ fn guest_starts_at_cpl3_and_halts_with_its_code() {
     // Reads rdi (boot info address) into eax first: proves the entry ABI.
     // mov eax, edi ; mov dx, 0x0f01 ; out dx, eax
     let mut machine = boot(&[0x89, 0xf8, 0x66, 0xba, 0x01, 0x0f, 0xef]);
-    assert_eq!(machine.run_to_exit().unwrap(), GuestExit::Halt(guest_abi::BOOT_INFO_ADDR as u32));
+    assert_eq!(
+        machine.run_to_exit().unwrap(),
+        GuestExit::Halt(guest_abi::BOOT_INFO_ADDR as u32)
+    );
     let mut machine = boot(HALT_7);
     assert_eq!(machine.run_to_exit().unwrap(), GuestExit::Halt(7));
 }
@@ -60,7 +63,10 @@ fn faulting_guest_is_reported_with_its_rip() {
     }
     // A null dereference faults too: page 0 is unmapped.
     let mut machine = boot(&[0x48, 0x31, 0xc0, 0x8b, 0x00]); // xor rax,rax ; mov eax,[rax]
-    assert!(matches!(machine.run_to_exit(), Err(MachineError::GuestCrash { .. })));
+    assert!(matches!(
+        machine.run_to_exit(),
+        Err(MachineError::GuestCrash { .. })
+    ));
 }
 
 #[test]
@@ -69,7 +75,9 @@ fn unknown_port_is_a_crash_not_a_position() {
     // mov dx, 0x80 ; out dx, eax
     let mut machine = boot(&[0x66, 0xba, 0x80, 0x00, 0xef]);
     match machine.run_to_exit() {
-        Err(MachineError::GuestCrash { reason, .. }) => assert!(reason.contains("port 0x80"), "{reason}"),
+        Err(MachineError::GuestCrash { reason, .. }) => {
+            assert!(reason.contains("port 0x80"), "{reason}")
+        }
         other => panic!("expected a crash, got {other:?}"),
     }
 }
@@ -88,7 +96,14 @@ fn loader_refuses_every_nondeterministic_instruction_with_its_offset() {
         code.extend_from_slice(HALT_7);
         match GuestImage::parse(&tiny_elf(&code)) {
             Err(e @ LoadError::ForbiddenInstruction { .. }) => {
-                let LoadError::ForbiddenInstruction { instruction, offset, .. } = e else { unreachable!() };
+                let LoadError::ForbiddenInstruction {
+                    instruction,
+                    offset,
+                    ..
+                } = e
+                else {
+                    unreachable!()
+                };
                 assert_eq!(instruction, name);
                 assert_eq!(offset, CODE_OFFSET + 3);
             }
@@ -101,10 +116,16 @@ fn loader_refuses_every_nondeterministic_instruction_with_its_offset() {
 
 #[test]
 fn loader_rejects_bad_images_clearly() {
-    assert!(matches!(GuestImage::parse(b"not an elf"), Err(LoadError::BadElf(_))));
+    assert!(matches!(
+        GuestImage::parse(b"not an elf"),
+        Err(LoadError::BadElf(_))
+    ));
     let mut wrong_arch = tiny_elf(HALT_7);
     wrong_arch[18] = 0xb7; // aarch64
-    assert!(matches!(GuestImage::parse(&wrong_arch), Err(LoadError::BadElf(_))));
+    assert!(matches!(
+        GuestImage::parse(&wrong_arch),
+        Err(LoadError::BadElf(_))
+    ));
     let truncated = &tiny_elf(HALT_7)[..100];
     assert!(GuestImage::parse(truncated).is_err());
 }

@@ -1,7 +1,9 @@
 //! `cargo xtask <command>`: the project's build and run tasks.
 
+mod bench;
 mod ebpf;
 mod guest;
+mod test;
 mod util;
 
 use anyhow::Result;
@@ -20,11 +22,17 @@ enum Task {
     BuildGuest,
     /// Install the eBPF toolchain if missing and build target/bpf/ft-ebpf.o.
     BuildEbpf,
+    /// Measure throughput and overheads with real clients; prints one table.
+    Bench,
+    /// Install what the tests need, lint, build and run every test.
+    Test,
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Task::BuildGuest => guest::build().map(drop),
         Task::BuildEbpf => ebpf::build().map(drop),
+        Task::Test => test::test(),
+        Task::Bench => bench::bench(),
     }
 }

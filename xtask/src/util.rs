@@ -21,3 +21,42 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// Installs the Debian packages that are missing (as root), saying which;
+/// otherwise fails with the exact command to run.
+pub fn ensure_apt_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let install = format!("apt-get install -y {}", missing.join(" "));
+    if !is_root() {
+        bail!("missing Debian packages; as root run: apt-get update && {install}");
+    }
+    eprintln!(
+        "xtask: installing missing Debian packages: {}",
+        missing.join(" ")
+    );
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}

@@ -26,7 +26,10 @@ pub fn open(name: &str) -> io::Result<(TapRx, TapTx)> {
             format!("TAP name {name:?} must be 1..{} bytes", libc::IFNAMSIZ - 1),
         ));
     }
-    let file = OpenOptions::new().read(true).write(true).open("/dev/net/tun")?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {

@@ -6,6 +6,7 @@
 //! first; a missing facility is a loud failure, never a skip.
 
 pub mod elf;
+pub mod l2;
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,421 @@
+//! The backup's end: accepts primaries, keeps at most one session, hands
+//! its entries to the replay thread and sends back coalesced acks.
+
+use crate::config::Config;
+use crate::error::LinkError;
+use crate::hello::Hello;
+use crate::wire::{encode, Message, MessageReader};
+use ftlog::Entry;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
+use tracing::{info, warn};
+
+/// What the replay thread learns from [`BackupListener::next`].
+#[derive(Debug)]
+pub enum Event {
+    /// A primary completed the handshake; its entries follow. Always the
+    /// first event of a session.
+    Connected { peer: SocketAddr, hello: Hello },
+    /// The next entry; seqs are contiguous within a session.
+    Entry(Entry),
+    /// The primary has released the outputs of every entry ≤ this seq.
+    Released(u64),
+    /// The session ended (closed, silent, broken or malformed); acks are
+    /// dropped until the next `Connected`.
+    PrimaryLost { reason: LinkError },
+}
+
+/// The listening backup.
+///
+/// It owns a tokio runtime with one worker thread that accepts and serves
+/// connections; [`BackupListener::next`] and [`BackupListener::ack`] are
+/// synchronous and meant for the replay thread (`next` blocks, and panics
+/// if called from async code). Dropping the listener closes every
+/// connection.
+pub struct BackupListener {
+    events: mpsc::Receiver<Delivery>,
+    /// The session whose events `next` is handing out, so an ack always
+    /// goes to the primary that sent the entry.
+    current: Option<Arc<Session>>,
+    local_addr: SocketAddr,
+    runtime: Runtime,
+}
+
+/// [`Event`] plus the session handle the replay thread acks through.
+enum Delivery {
+    Connected(Arc<Session>, SocketAddr, Hello),
+    Entry(Entry),
+    Released(u64),
+    Lost(LinkError),
+}
+
+/// What the replay thread and a session's writer task share.
+#[derive(Default)]
+struct Session {
+    /// Highest acked seq plus one (0: none).
+    acked: AtomicU64,
+    /// Set when the writer has been woken for an ack it has not sent yet,
+    /// so acking every entry costs one wake-up per batch, not per entry.
+    woken: AtomicBool,
+    wake: Notify,
+}
+
+/// State shared by the accept loop and every connection.
+struct Shared {
+    hello: Hello,
+    config: Config,
+    /// The live session's primary, if any.
+    active: Mutex<Option<ActivePrimary>>,
+    events: mpsc::Sender<Delivery>,
+}
+
+impl Shared {
+    fn active(&self) -> MutexGuard<'_, Option<ActivePrimary>> {
+        // Only ever replaced whole, so a poisoned value is still consistent.
+        self.active.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+struct ActivePrimary {
+    peer: SocketAddr,
+    node: String,
+    generation: u64,
+}
+
+/// Frees the session slot however the session ends.
+struct SessionSlot(Arc<Shared>);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        *self.0.active() = None;
+    }
+}
+
+impl BackupListener {
+    /// Listens on `addr`; `hello` is what we answer and what a primary's
+    /// protocol version, image hash and config hash must equal.
+    pub fn bind(
+        addr: SocketAddr,
+        hello: Hello,
+        config: Config,
+    ) -> Result<BackupListener, LinkError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("logchannel-backup")
+            .enable_all()
+            .build()
+            .map_err(|e| LinkError::io("starting the log channel runtime", e))?;
+        let listener = runtime
+            .block_on(TcpListener::bind(addr))
+            .map_err(|e| LinkError::io("binding the log channel listener", e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| LinkError::io("binding the log channel listener", e))?;
+        let (events_tx, events) = mpsc::channel(config.event_queue.max(1));
+        info!(listen = %local_addr, node = %hello.node, "log channel: backup listening");
+        let shared = Arc::new(Shared {
+            hello,
+            config,
+            active: Mutex::new(None),
+            events: events_tx,
+        });
+        runtime.spawn(accept_loop(listener, shared));
+        Ok(BackupListener {
+            events,
+            current: None,
+            local_addr,
+            runtime,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The next event, waiting at most `timeout`; `Ok(None)` if none came.
+    /// Fails only if the listener itself has stopped.
+    pub fn next(&mut self, timeout: Duration) -> Result<Option<Event>, LinkError> {
+        let delivery = match self.events.try_recv() {
+            Ok(delivery) => delivery,
+            Err(TryRecvError::Disconnected) => return Err(LinkError::Closed),
+            Err(TryRecvError::Empty) => {
+                let events = &mut self.events;
+                let received = self
+                    .runtime
+                    .block_on(async { tokio::time::timeout(timeout, events.recv()).await });
+                match received {
+                    Err(_) => return Ok(None),
+                    Ok(None) => return Err(LinkError::Closed),
+                    Ok(Some(delivery)) => delivery,
+                }
+            }
+        };
+        Ok(Some(match delivery {
+            Delivery::Connected(session, peer, hello) => {
+                self.current = Some(session);
+                Event::Connected { peer, hello }
+            }
+            Delivery::Entry(entry) => Event::Entry(entry),
+            Delivery::Released(seq) => Event::Released(seq),
+            Delivery::Lost(reason) => {
+                self.current = None;
+                Event::PrimaryLost { reason }
+            }
+        }))
+    }
+
+    /// Acks every entry ≤ `seq` of the current session. Returns at once;
+    /// acks given faster than they can be sent are merged into one.
+    pub fn ack(&self, seq: u64) {
+        if let Some(session) = &self.current {
+            session
+                .acked
+                .fetch_max(seq.saturating_add(1), Ordering::SeqCst);
+            if !session.woken.swap(true, Ordering::SeqCst) {
+                session.wake.notify_one();
+            }
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let handshakes = Arc::new(Semaphore::new(shared.config.max_pending_handshakes));
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => match handshakes.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    tokio::spawn(serve(stream, peer, permit, shared.clone()));
+                }
+                Err(_) => warn!(
+                    peer = %peer,
+                    "log channel: refused connection: {} connections are already in the handshake",
+                    shared.config.max_pending_handshakes
+                ),
+            },
+            Err(e) => {
+                // Typically out of file descriptors; retrying at once would spin.
+                warn!("log channel: accept failed: {e}");
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One connection: the handshake, then the session if it is accepted.
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+) {
+    let limit = shared.config.handshake_timeout;
+    let accepted = match timeout(limit, handshake(stream, peer, &shared)).await {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(reason)) => {
+            warn!(peer = %peer, "log channel: refused connection: {reason}");
+            return;
+        }
+        Err(_) => {
+            warn!(peer = %peer, "log channel: refused connection: no complete hello within {limit:?}");
+            return;
+        }
+    };
+    drop(permit);
+    let Accepted {
+        slot,
+        reader,
+        writer,
+        hello,
+    } = accepted;
+    info!(
+        peer = %peer,
+        node = %hello.node,
+        generation = hello.generation,
+        "log channel: primary connected"
+    );
+    let session = Arc::new(Session::default());
+    if shared
+        .events
+        .send(Delivery::Connected(session.clone(), peer, hello))
+        .await
+        .is_err()
+    {
+        return; // the listener is gone
+    }
+    let reason = tokio::select! {
+        reason = read_entries(reader, &shared) => reason,
+        reason = write_acks(writer, &session, &shared.config) => reason,
+    };
+    warn!(peer = %peer, "log channel: primary lost: {reason}");
+    // Reported before the slot is freed, so the replay thread sees this
+    // session end before another one starts.
+    let _ = shared.events.send(Delivery::Lost(reason)).await;
+    drop(slot);
+}
+
+/// A primary whose handshake succeeded.
+struct Accepted {
+    slot: SessionSlot,
+    reader: MessageReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    hello: Hello,
+}
+
+/// Reads and checks the primary's hello, claims the session slot and
+/// answers. Refusals are sent to the peer (if it spoke the protocol) and
+/// returned for the log line.
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> Result<Accepted, String> {
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("setting TCP_NODELAY failed: {e}"))?;
+    let (read_half, mut writer) = stream.into_split();
+    let mut reader = MessageReader::new(read_half);
+    let hello = match reader.next().await {
+        Ok(Some(Message::Hello(hello))) => hello,
+        Ok(Some(other)) => return Err(format!("expected a hello, got {}", other.name())),
+        Ok(None) => return Err("closed before sending a hello".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let who = format!("primary {:?} (generation {})", hello.node, hello.generation);
+    if let Some(reason) = Hello::mismatch(&hello, &shared.hello) {
+        reject(&mut writer, &reason).await;
+        return Err(format!("{who}: {reason}"));
+    }
+    let claimed = {
+        let mut active = shared.active();
+        match &*active {
+            Some(live) => Err(format!(
+                "another primary is already replicating: {:?} at {} (generation {})",
+                live.node, live.peer, live.generation
+            )),
+            None => {
+                *active = Some(ActivePrimary {
+                    peer,
+                    node: hello.node.clone(),
+                    generation: hello.generation,
+                });
+                Ok(SessionSlot(shared.clone()))
+            }
+        }
+    };
+    let slot = match claimed {
+        Ok(slot) => slot,
+        Err(reason) => {
+            reject(&mut writer, &reason).await;
+            return Err(format!("{who}: {reason}"));
+        }
+    };
+    let mut out = Vec::new();
+    encode(&Message::Hello(shared.hello.clone()), &mut out);
+    writer
+        .write_all(&out)
+        .await
+        .map_err(|e| format!("{who}: sending our hello failed: {e}"))?;
+    Ok(Accepted {
+        slot,
+        reader,
+        writer,
+        hello,
+    })
+}
+
+/// Tells the peer why and ends our side of the connection; a peer that
+/// does not read it is not our concern.
+async fn reject(writer: &mut OwnedWriteHalf, reason: &str) {
+    let mut out = Vec::new();
+    encode(
+        &Message::Reject {
+            reason: reason.to_string(),
+        },
+        &mut out,
+    );
+    let _ = writer.write_all(&out).await;
+    let _ = writer.shutdown().await;
+}
+
+/// Passes the primary's entries and watermarks to the replay thread until
+/// the connection ends or goes silent.
+async fn read_entries(mut reader: MessageReader<OwnedReadHalf>, shared: &Shared) -> LinkError {
+    let silence = shared.config.silence_timeout;
+    let mut expected_seq: Option<u64> = None;
+    loop {
+        let message = match timeout(silence, reader.next()).await {
+            Err(_) => return LinkError::Silent(silence),
+            Ok(Err(e)) => return e.into(),
+            Ok(Ok(None)) => return LinkError::PeerClosed,
+            Ok(Ok(Some(message))) => message,
+        };
+        let delivery = match message {
+            Message::Entry(entry) => {
+                if let Some(expected) = expected_seq.filter(|&expected| expected != entry.seq) {
+                    return LinkError::Protocol(format!(
+                        "entry seq {} where {expected} was due",
+                        entry.seq
+                    ));
+                }
+                expected_seq = Some(entry.seq.wrapping_add(1));
+                Delivery::Entry(entry)
+            }
+            Message::Released { seq } => Delivery::Released(seq),
+            Message::Heartbeat { .. } => continue,
+            other => {
+                return LinkError::Protocol(format!(
+                    "unexpected {} message from the primary",
+                    other.name()
+                ))
+            }
+        };
+        // Waits while the replay thread is behind: TCP then pushes back.
+        if shared.events.send(delivery).await.is_err() {
+            return LinkError::Closed;
+        }
+    }
+}
+
+/// Sends the newest ack whenever it moves, and a heartbeat when due.
+async fn write_acks(mut writer: OwnedWriteHalf, session: &Session, config: &Config) -> LinkError {
+    let mut heartbeat = interval(config.heartbeat_period());
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut heartbeats = 0u64;
+    let mut acked_sent = 0u64;
+    let mut out = Vec::new();
+    loop {
+        let beat = tokio::select! {
+            _ = session.wake.notified() => false,
+            _ = heartbeat.tick() => true,
+        };
+        // Cleared before reading: a later ack wakes us again.
+        session.woken.store(false, Ordering::SeqCst);
+        let acked = session.acked.load(Ordering::SeqCst);
+        if acked > acked_sent {
+            encode(&Message::Ack { seq: acked - 1 }, &mut out);
+            acked_sent = acked;
+        }
+        if beat {
+            encode(
+                &Message::Heartbeat {
+                    counter: heartbeats,
+                },
+                &mut out,
+            );
+            heartbeats += 1;
+        }
+        if let Err(e) = writer.write_all(&out).await {
+            return LinkError::io("writing to the primary", e);
+        }
+        out.clear();
+    }
+}

@@ -1,0 +1,76 @@
+//! The log channel: the primary streams replication-log entries to the
+//! backup over one TCP connection, and the backup acks them.
+//!
+//! The primary's outputs are held until the backup has acked the entry that
+//! records them (the output rule), so the primary needs to know cheaply how
+//! far the backup is ([`PrimaryLink::acked_seq`]) while its vCPU thread keeps
+//! running: [`PrimaryLink::send_entry`] only appends to a buffer, and a
+//! background task writes whatever has accumulated in one syscall. The
+//! backup's replay thread pulls entries with [`BackupListener::next`] and
+//! acks them with [`BackupListener::ack`]; acks are cumulative and coalesced.
+//!
+//! Both sides own a small tokio runtime (one worker thread) and expose only
+//! blocking methods, so they are used from plain threads. They must not be
+//! called (or dropped) from inside an async context.
+//!
+//! # Wire format (protocol version 1)
+//!
+//! All integers are little-endian. Every message, in both directions, is
+//!
+//! ```text
+//! message = tag:u8  body_len:u32  crc32(body):u32  body
+//! ```
+//!
+//! that is, a tag followed by a frame of the log file's framing
+//! ([`ftlog::frame`]); an `Entry` message is the tag followed by exactly
+//! the bytes [`ftlog::frame::encode_entry`] writes. `body_len` is at most
+//! [`MAX_BODY_LEN`] (64 KiB); a longer length closes the connection before
+//! anything is allocated. The tags have even parity, so a single flipped
+//! bit in a tag (which the CRC does not cover) yields an unknown tag
+//! instead of another message.
+//!
+//! | tag    | message     | direction          | body |
+//! |--------|-------------|--------------------|------|
+//! | `0x03` | `Hello`     | both, first        | `protocol_version:u16 image_hash:[u8;32] config_hash:[u8;32] generation:u64 node_len:u8 node:[u8;node_len]` (UTF-8) |
+//! | `0x05` | `Reject`    | backup → primary   | reason, UTF-8 (at most 1024 bytes) |
+//! | `0x06` | `Entry`     | primary → backup   | `seq:u64 exit:u64 rip:u64 kind:u8 payload` ([`ftlog::Entry`]'s body) |
+//! | `0x09` | `Heartbeat` | both               | `counter:u64` (heartbeats sent before this one) |
+//! | `0x0a` | `Released`  | primary → backup   | `seq:u64`: highest entry whose output the primary has released |
+//! | `0x0c` | `Ack`       | backup → primary   | `seq:u64`: every entry ≤ `seq` is applied (cumulative) |
+//!
+//! The `Hello` layout is the same in every protocol version, so a peer of
+//! another version is told that the versions differ rather than that its
+//! hello is malformed.
+//!
+//! # Conversation
+//!
+//! 1. The primary connects and sends `Hello`.
+//! 2. The backup compares protocol version, image hash and config hash
+//!    with its own. On a mismatch, or while another primary's session is
+//!    live, it sends `Reject { reason }` and closes. Otherwise it answers
+//!    with its own `Hello` and the session begins. The whole handshake must
+//!    finish within [`Config::handshake_timeout`].
+//! 3. The primary sends `Entry` (with `seq` contiguous within the session),
+//!    `Released` and `Heartbeat`; the backup sends `Ack` and `Heartbeat`.
+//!    Each side sends a heartbeat every [`Config::heartbeat_interval`] and
+//!    declares the peer lost after [`Config::silence_timeout`] without any
+//!    message.
+//!
+//! Any malformed message (unknown tag, bad checksum, oversize or truncated
+//! frame, bad body, a message the receiver does not expect) closes that
+//! connection; the backup logs it with the peer's address and keeps
+//! serving other connections.
+
+mod backup;
+mod config;
+mod error;
+mod hello;
+mod primary;
+pub mod wire;
+
+pub use backup::{BackupListener, Event};
+pub use config::Config;
+pub use error::LinkError;
+pub use hello::{Hello, PROTOCOL_VERSION};
+pub use primary::PrimaryLink;
+pub use wire::MAX_BODY_LEN;

@@ -1,0 +1,372 @@
+//! The primary's end: a sink for entries that never blocks the vCPU, and
+//! the backup's cumulative acks.
+
+use crate::config::Config;
+use crate::error::LinkError;
+use crate::hello::Hello;
+use crate::wire::{encode, encode_entry_message, Message, MessageReader};
+use ftlog::Entry;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::runtime::Runtime;
+use tokio::sync::{watch, Notify};
+use tokio::time::{interval, timeout, MissedTickBehavior};
+use tracing::{error, info};
+
+/// A connected log channel to the backup.
+///
+/// It owns a tokio runtime with one worker thread that writes and reads
+/// the socket; every method is synchronous and meant for plain threads
+/// (calling them from async code panics). Dropping the link closes the
+/// connection at once; [`PrimaryLink::close`] first flushes.
+///
+/// The send queue is unbounded: the caller bounds it by how far it lets the
+/// guest run ahead of [`PrimaryLink::acked_seq`].
+pub struct PrimaryLink {
+    shared: Arc<Shared>,
+    state: watch::Receiver<LinkState>,
+    peer_hello: Hello,
+    runtime: Runtime,
+}
+
+/// What the caller's thread and the writer task share.
+struct Shared {
+    /// Encoded messages the writer has not taken yet.
+    pending: Mutex<Vec<u8>>,
+    /// Wakes the writer: there is something to send or to do.
+    wake: Notify,
+    /// Newest entry seq queued, plus one (0: none), so an ack for an entry
+    /// never sent is caught instead of releasing outputs early.
+    queued: AtomicU64,
+    /// Released watermark plus one (0: none yet).
+    released: AtomicU64,
+    closing: AtomicBool,
+    epoch: Instant,
+    /// Nanoseconds after `epoch` at which the backup was last heard.
+    last_heard: AtomicU64,
+}
+
+impl Shared {
+    fn pending(&self) -> MutexGuard<'_, Vec<u8>> {
+        // The critical sections only append or swap, so a poisoned buffer
+        // still holds whole messages.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn heard(&self) {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        self.last_heard.store(now, Ordering::Relaxed);
+    }
+}
+
+/// What the reader task publishes.
+#[derive(Clone, Default)]
+struct LinkState {
+    acked: Option<u64>,
+    failure: Option<LinkError>,
+}
+
+impl PrimaryLink {
+    /// Connects to the backup at `addr` and exchanges hellos. Fails with
+    /// [`LinkError::HandshakeRefused`] carrying the backup's reason if the
+    /// backup refuses us.
+    pub fn connect(
+        addr: SocketAddr,
+        hello: Hello,
+        config: Config,
+    ) -> Result<PrimaryLink, LinkError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("logchannel-primary")
+            .enable_all()
+            .build()
+            .map_err(|e| LinkError::io("starting the log channel runtime", e))?;
+        let (reader, writer, peer_hello) = runtime
+            .block_on(handshake(addr, &hello, &config))
+            .inspect_err(|e| error!(backup = %addr, "log channel: handshake failed: {e}"))?;
+        info!(
+            backup = %addr,
+            node = %peer_hello.node,
+            generation = peer_hello.generation,
+            "log channel: connected to the backup"
+        );
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            queued: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            epoch: Instant::now(),
+            last_heard: AtomicU64::new(0),
+        });
+        let (state_tx, state) = watch::channel(LinkState::default());
+        runtime.spawn(run_session(
+            reader,
+            writer,
+            shared.clone(),
+            state_tx,
+            config,
+            addr,
+        ));
+        Ok(PrimaryLink {
+            shared,
+            state,
+            peer_hello,
+            runtime,
+        })
+    }
+
+    /// Queues an entry and returns at once; the writer sends queued
+    /// entries in batches. Fails only if the link is already dead.
+    pub fn send_entry(&self, entry: &Entry) -> Result<(), LinkError> {
+        self.check_alive()?;
+        let first = {
+            let mut pending = self.shared.pending();
+            let first = pending.is_empty();
+            encode_entry_message(entry, &mut pending);
+            self.shared
+                .queued
+                .fetch_max(entry.seq.saturating_add(1), Ordering::SeqCst);
+            first
+        };
+        // Waking the writer costs a syscall; once per batch is enough, as
+        // the writer takes everything queued when it runs.
+        if first {
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Raises the released watermark: the outputs of every entry ≤ `seq`
+    /// have left the primary. Coalesced: only the newest value is sent.
+    pub fn send_released(&self, seq: u64) -> Result<(), LinkError> {
+        self.check_alive()?;
+        let watermark = seq.saturating_add(1);
+        if self.shared.released.fetch_max(watermark, Ordering::SeqCst) < watermark {
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The highest seq the backup has acked (every entry up to it is applied).
+    pub fn acked_seq(&self) -> Option<u64> {
+        self.state.borrow().acked
+    }
+
+    /// Blocks until the backup has acked `seq`; false on timeout or if the
+    /// link dies first.
+    pub fn wait_acked(&self, seq: u64, timeout: Duration) -> bool {
+        let acked = |state: &LinkState| state.acked >= Some(seq);
+        if acked(&self.state.borrow()) {
+            return true;
+        }
+        let mut state = self.state.clone();
+        let wait = state.wait_for(|state| acked(state) || state.failure.is_some());
+        let _ = self
+            .runtime
+            .block_on(async { tokio::time::timeout(timeout, wait).await });
+        acked(&self.state.borrow())
+    }
+
+    /// When the backup last sent anything (a heartbeat at the latest).
+    pub fn last_heard(&self) -> Instant {
+        self.shared.epoch + Duration::from_nanos(self.shared.last_heard.load(Ordering::Relaxed))
+    }
+
+    /// The link is up and the backup was heard within `timeout`.
+    pub fn is_alive(&self, timeout: Duration) -> bool {
+        self.failure().is_none() && self.last_heard().elapsed() <= timeout
+    }
+
+    /// Why the link died, once it has.
+    pub fn failure(&self) -> Option<LinkError> {
+        self.state.borrow().failure.clone()
+    }
+
+    /// The backup's hello.
+    pub fn peer_hello(&self) -> &Hello {
+        &self.peer_hello
+    }
+
+    /// Sends everything queued, then closes the connection. Whether the
+    /// backup applied it is told by the acks, not by this.
+    pub fn close(self, timeout: Duration) -> Result<(), LinkError> {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+        let mut state = self.state.clone();
+        let ended = state.wait_for(|state| state.failure.is_some());
+        let _ = self
+            .runtime
+            .block_on(async { tokio::time::timeout(timeout, ended).await });
+        match self.failure() {
+            Some(LinkError::Closed) => Ok(()),
+            Some(failure) => Err(failure),
+            None => Err(LinkError::TimedOut {
+                what: "flushing the log channel",
+                after: timeout,
+            }),
+        }
+    }
+
+    fn check_alive(&self) -> Result<(), LinkError> {
+        match &self.state.borrow().failure {
+            Some(failure) => Err(failure.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Connects, sends our hello and reads the backup's answer.
+async fn handshake(
+    addr: SocketAddr,
+    hello: &Hello,
+    config: &Config,
+) -> Result<(MessageReader<OwnedReadHalf>, OwnedWriteHalf, Hello), LinkError> {
+    let exchange = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| LinkError::io("connecting to the backup", e))?;
+        // Acks and small batches must not wait for Nagle.
+        stream
+            .set_nodelay(true)
+            .map_err(|e| LinkError::io("setting TCP_NODELAY", e))?;
+        let (read_half, mut writer) = stream.into_split();
+        let mut out = Vec::new();
+        encode(&Message::Hello(hello.clone()), &mut out);
+        writer
+            .write_all(&out)
+            .await
+            .map_err(|e| LinkError::io("sending the hello", e))?;
+        let mut reader = MessageReader::new(read_half);
+        match reader.next().await? {
+            Some(Message::Hello(theirs)) => match Hello::mismatch(hello, &theirs) {
+                Some(reason) => Err(LinkError::Incompatible(reason)),
+                None => Ok((reader, writer, theirs)),
+            },
+            Some(Message::Reject { reason }) => Err(LinkError::HandshakeRefused(reason)),
+            Some(other) => Err(LinkError::Protocol(format!(
+                "expected a hello from the backup, got {}",
+                other.name()
+            ))),
+            None => Err(LinkError::PeerClosed),
+        }
+    };
+    timeout(config.handshake_timeout, exchange)
+        .await
+        .unwrap_or(Err(LinkError::TimedOut {
+            what: "the handshake with the backup",
+            after: config.handshake_timeout,
+        }))
+}
+
+/// Runs the connection until either direction fails, then publishes why.
+async fn run_session(
+    reader: MessageReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    shared: Arc<Shared>,
+    state: watch::Sender<LinkState>,
+    config: Config,
+    backup: SocketAddr,
+) {
+    let failure = tokio::select! {
+        failure = read_acks(reader, &shared, &state, &config) => failure,
+        failure = write_batches(writer, &shared, &config) => failure,
+    };
+    match &failure {
+        LinkError::Closed => info!(backup = %backup, "log channel: closed"),
+        other => error!(backup = %backup, "log channel: link to the backup lost: {other}"),
+    }
+    state.send_modify(|state| {
+        state.failure.get_or_insert(failure);
+    });
+}
+
+async fn read_acks(
+    mut reader: MessageReader<OwnedReadHalf>,
+    shared: &Shared,
+    state: &watch::Sender<LinkState>,
+    config: &Config,
+) -> LinkError {
+    loop {
+        let message = match timeout(config.silence_timeout, reader.next()).await {
+            Err(_) => return LinkError::Silent(config.silence_timeout),
+            Ok(Err(e)) => return e.into(),
+            Ok(Ok(None)) => return LinkError::PeerClosed,
+            Ok(Ok(Some(message))) => message,
+        };
+        shared.heard();
+        match message {
+            Message::Heartbeat { .. } => {}
+            Message::Ack { seq } => {
+                let newest = shared.queued.load(Ordering::SeqCst).checked_sub(1);
+                if newest.is_none_or(|newest| seq > newest) {
+                    return LinkError::Protocol(format!(
+                        "the backup acked entry {seq}, but the newest entry sent is {newest:?}"
+                    ));
+                }
+                state.send_if_modified(|state| {
+                    let newer = state.acked < Some(seq);
+                    if newer {
+                        state.acked = Some(seq);
+                    }
+                    newer
+                });
+            }
+            other => {
+                return LinkError::Protocol(format!(
+                    "unexpected {} message from the backup",
+                    other.name()
+                ))
+            }
+        }
+    }
+}
+
+/// Sends whatever has been queued since the last write in one syscall,
+/// plus the released watermark if it moved and a heartbeat when due.
+async fn write_batches(mut writer: OwnedWriteHalf, shared: &Shared, config: &Config) -> LinkError {
+    let mut heartbeat = interval(config.heartbeat_period());
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut heartbeats = 0u64;
+    let mut released_sent = 0u64;
+    let mut batch = Vec::new();
+    loop {
+        let beat = tokio::select! {
+            _ = shared.wake.notified() => false,
+            _ = heartbeat.tick() => true,
+        };
+        // Read before taking the queue: everything queued before close()
+        // is then in this batch.
+        let closing = shared.closing.load(Ordering::SeqCst);
+        std::mem::swap(&mut batch, &mut *shared.pending());
+        let released = shared.released.load(Ordering::SeqCst);
+        if released > released_sent {
+            encode(&Message::Released { seq: released - 1 }, &mut batch);
+            released_sent = released;
+        }
+        if beat {
+            encode(
+                &Message::Heartbeat {
+                    counter: heartbeats,
+                },
+                &mut batch,
+            );
+            heartbeats += 1;
+        }
+        if let Err(e) = writer.write_all(&batch).await {
+            return LinkError::io("writing to the backup", e);
+        }
+        batch.clear();
+        if closing {
+            return match writer.shutdown().await {
+                Ok(()) => LinkError::Closed,
+                Err(e) => LinkError::io("closing the connection", e),
+            };
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! Messages and their encoding; the format is in the crate docs.
+
+use crate::error::LinkError;
+use crate::hello::Hello;
+use ftlog::frame::{encode_entry, read_entry, FRAME_HEADER_LEN};
+use ftlog::{Entry, LogError};
+use std::io;
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+
+pub use ftlog::frame::MAX_BODY_LEN;
+
+// Even parity: one flipped bit makes an unknown tag, never another message.
+const TAG_HELLO: u8 = 0x03;
+const TAG_REJECT: u8 = 0x05;
+const TAG_ENTRY: u8 = 0x06;
+const TAG_HEARTBEAT: u8 = 0x09;
+const TAG_RELEASED: u8 = 0x0a;
+const TAG_ACK: u8 = 0x0c;
+
+/// Longest reject reason sent; longer ones are cut.
+pub const MAX_REASON_LEN: usize = 1024;
+/// Longest node name sent (its length is one byte); longer ones are cut.
+pub const MAX_NODE_LEN: usize = 255;
+const HELLO_FIXED_LEN: usize = 2 + 32 + 32 + 8 + 1;
+/// Enough for several entries per read syscall.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// One message of the log channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    Hello(Hello),
+    Reject { reason: String },
+    Entry(Entry),
+    Heartbeat { counter: u64 },
+    Released { seq: u64 },
+    Ack { seq: u64 },
+}
+
+impl Message {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Reject { .. } => "reject",
+            Message::Entry(_) => "entry",
+            Message::Heartbeat { .. } => "heartbeat",
+            Message::Released { .. } => "released",
+            Message::Ack { .. } => "ack",
+        }
+    }
+}
+
+/// Appends one encoded message to `out`.
+pub fn encode(message: &Message, out: &mut Vec<u8>) {
+    match message {
+        Message::Entry(entry) => encode_entry_message(entry, out),
+        Message::Hello(hello) => framed(out, TAG_HELLO, |out| {
+            let node = cut(&hello.node, MAX_NODE_LEN);
+            out.extend_from_slice(&hello.protocol_version.to_le_bytes());
+            out.extend_from_slice(&hello.image_hash);
+            out.extend_from_slice(&hello.config_hash);
+            out.extend_from_slice(&hello.generation.to_le_bytes());
+            out.push(node.len() as u8);
+            out.extend_from_slice(node.as_bytes());
+        }),
+        Message::Reject { reason } => framed(out, TAG_REJECT, |out| {
+            out.extend_from_slice(cut(reason, MAX_REASON_LEN).as_bytes())
+        }),
+        Message::Heartbeat { counter } => framed(out, TAG_HEARTBEAT, |out| {
+            out.extend_from_slice(&counter.to_le_bytes())
+        }),
+        Message::Released { seq } => framed(out, TAG_RELEASED, |out| {
+            out.extend_from_slice(&seq.to_le_bytes())
+        }),
+        Message::Ack { seq } => framed(out, TAG_ACK, |out| {
+            out.extend_from_slice(&seq.to_le_bytes())
+        }),
+    }
+}
+
+/// Appends an `Entry` message without first moving the entry into a
+/// [`Message`].
+pub(crate) fn encode_entry_message(entry: &Entry, out: &mut Vec<u8>) {
+    out.push(TAG_ENTRY);
+    encode_entry(entry, out);
+}
+
+/// Writes `tag`, then the frame of the body `body` appends.
+fn framed(out: &mut Vec<u8>, tag: u8, body: impl FnOnce(&mut Vec<u8>)) {
+    out.push(tag);
+    let header = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    body(out);
+    let body = &out[header + FRAME_HEADER_LEN..];
+    let len = (body.len() as u32).to_le_bytes();
+    let crc = crc32fast::hash(body).to_le_bytes();
+    out[header..header + 4].copy_from_slice(&len);
+    out[header + 4..header + 8].copy_from_slice(&crc);
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a
+/// character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Peer-supplied text made safe for a log line: invalid UTF-8 and control
+/// characters (terminal escapes, newlines) become U+FFFD.
+fn printable(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Why bytes from a peer are not a message. Offsets count bytes from the
+/// start of the connection.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WireError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("truncated {what} message at byte {offset}: the connection closed inside its {part}")]
+    Truncated {
+        offset: u64,
+        what: &'static str,
+        part: &'static str,
+    },
+    #[error("unknown message tag {tag:#04x} at byte {offset} (not a log channel peer?)")]
+    UnknownTag { offset: u64, tag: u8 },
+    #[error(
+        "message at byte {offset} declares a {len}-byte body, over the {MAX_BODY_LEN}-byte limit"
+    )]
+    Oversize { offset: u64, len: u32 },
+    #[error("bad checksum in the {what} message at byte {offset}")]
+    BadChecksum { offset: u64, what: &'static str },
+    #[error("malformed {what} message at byte {offset}: {reason}")]
+    Malformed {
+        offset: u64,
+        what: &'static str,
+        reason: String,
+    },
+    /// ftlog's own framing found the entry bad; its message names the byte.
+    #[error(transparent)]
+    Entry(#[from] LogError),
+}
+
+impl From<WireError> for LinkError {
+    fn from(error: WireError) -> Self {
+        match error {
+            WireError::Io(source) => LinkError::io("reading from the peer", source),
+            other => LinkError::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// Reads messages from a byte stream, buffered.
+pub(crate) struct MessageReader<R> {
+    inner: BufReader<R>,
+    /// Header and body of the message being read, reused.
+    frame: Vec<u8>,
+    offset: u64,
+}
+
+impl<R: AsyncRead + Unpin> MessageReader<R> {
+    pub(crate) fn new(inner: R) -> Self {
+        MessageReader {
+            inner: BufReader::with_capacity(READ_BUFFER, inner),
+            frame: Vec::new(),
+            offset: 0,
+        }
+    }
+
+    /// The next message, or `None` if the stream ends cleanly between
+    /// messages. Not cancel-safe: after a cancelled call the position in
+    /// the stream is lost, so the caller must drop the reader.
+    pub(crate) async fn next(&mut self) -> Result<Option<Message>, WireError> {
+        let offset = self.offset;
+        let mut tag = [0u8; 1];
+        if self.inner.read(&mut tag).await? == 0 {
+            return Ok(None);
+        }
+        let tag = tag[0];
+        // Checked before reading on, so garbage is refused at its first byte.
+        let what = tag_name(tag).ok_or(WireError::UnknownTag { offset, tag })?;
+        self.frame.resize(FRAME_HEADER_LEN, 0);
+        self.fill(0, offset, what).await?;
+        let len = u32::from_le_bytes([self.frame[0], self.frame[1], self.frame[2], self.frame[3]]);
+        if len as usize > MAX_BODY_LEN {
+            return Err(WireError::Oversize { offset, len });
+        }
+        self.frame.resize(FRAME_HEADER_LEN + len as usize, 0);
+        self.fill(FRAME_HEADER_LEN, offset, what).await?;
+        self.offset += 1 + self.frame.len() as u64;
+        decode(tag, what, &self.frame, offset).map(Some)
+    }
+
+    /// Reads `frame[from..]` completely.
+    async fn fill(
+        &mut self,
+        from: usize,
+        offset: u64,
+        what: &'static str,
+    ) -> Result<(), WireError> {
+        match self.inner.read_exact(&mut self.frame[from..]).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(WireError::Truncated {
+                offset,
+                what,
+                part: if from == 0 { "header" } else { "body" },
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn tag_name(tag: u8) -> Option<&'static str> {
+    Some(match tag {
+        TAG_HELLO => "hello",
+        TAG_REJECT => "reject",
+        TAG_ENTRY => "entry",
+        TAG_HEARTBEAT => "heartbeat",
+        TAG_RELEASED => "released",
+        TAG_ACK => "ack",
+        _ => return None,
+    })
+}
+
+/// Decodes a complete frame (`header ++ body`) of a message with a known tag.
+fn decode(tag: u8, what: &'static str, frame: &[u8], offset: u64) -> Result<Message, WireError> {
+    if tag == TAG_ENTRY {
+        // ftlog checks the length, the checksum and the body.
+        return match read_entry(&mut &frame[..], offset + 1)? {
+            Some((entry, _)) => Ok(Message::Entry(entry)),
+            None => Err(WireError::Truncated {
+                offset,
+                what,
+                part: "header",
+            }),
+        };
+    }
+    let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let body = &frame[FRAME_HEADER_LEN..];
+    if crc32fast::hash(body) != crc {
+        return Err(WireError::BadChecksum { offset, what });
+    }
+    let malformed = |reason: String| WireError::Malformed {
+        offset,
+        what,
+        reason,
+    };
+    let u64_body = || {
+        <[u8; 8]>::try_from(body)
+            .map(u64::from_le_bytes)
+            .map_err(|_| malformed(format!("{} bytes, expected 8", body.len())))
+    };
+    Ok(match tag {
+        TAG_HELLO => Message::Hello(decode_hello(body).map_err(malformed)?),
+        TAG_REJECT => Message::Reject {
+            reason: printable(body),
+        },
+        TAG_HEARTBEAT => Message::Heartbeat {
+            counter: u64_body()?,
+        },
+        TAG_RELEASED => Message::Released { seq: u64_body()? },
+        TAG_ACK => Message::Ack { seq: u64_body()? },
+        _ => return Err(WireError::UnknownTag { offset, tag }),
+    })
+}
+
+fn decode_hello(body: &[u8]) -> Result<Hello, String> {
+    if body.len() < HELLO_FIXED_LEN {
+        return Err(format!(
+            "{} bytes, shorter than the {HELLO_FIXED_LEN}-byte minimum",
+            body.len()
+        ));
+    }
+    let (fixed, node) = body.split_at(HELLO_FIXED_LEN);
+    let node_len = fixed[HELLO_FIXED_LEN - 1] as usize;
+    if node.len() != node_len {
+        return Err(format!(
+            "node name of {} bytes, length byte says {node_len}",
+            node.len()
+        ));
+    }
+    let array = |at: usize| -> [u8; 32] { fixed[at..at + 32].try_into().expect("in bounds") };
+    Ok(Hello {
+        protocol_version: u16::from_le_bytes([fixed[0], fixed[1]]),
+        image_hash: array(2),
+        config_hash: array(34),
+        generation: u64::from_le_bytes(fixed[66..74].try_into().expect("in bounds")),
+        node: printable(node),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ftlog::{Payload, Position};
+
+    fn entry(seq: u64) -> Entry {
+        Entry {
+            seq,
+            position: Position {
+                exit: seq * 3,
+                rip: 0x10_0000 + seq,
+            },
+            payload: Payload::RxFrame(vec![seq as u8; 60]),
+        }
+    }
+
+    fn all_messages() -> Vec<Message> {
+        vec![
+            Message::Hello(Hello::new([1; 32], [2; 32], "host-a", 7)),
+            Message::Reject {
+                reason: "guest image differs".into(),
+            },
+            Message::Entry(entry(5)),
+            Message::Heartbeat { counter: 9 },
+            Message::Released { seq: 4 },
+            Message::Ack { seq: 5 },
+        ]
+    }
+
+    async fn read_all(bytes: &[u8]) -> Result<Vec<Message>, WireError> {
+        let mut reader = MessageReader::new(bytes);
+        let mut messages = Vec::new();
+        while let Some(message) = reader.next().await? {
+            messages.push(message);
+        }
+        Ok(messages)
+    }
+
+    fn encoded(message: &Message) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(message, &mut out);
+        out
+    }
+
+    #[tokio::test]
+    async fn every_message_roundtrips() {
+        let mut stream = Vec::new();
+        for message in all_messages() {
+            encode(&message, &mut stream);
+        }
+        assert_eq!(read_all(&stream).await.unwrap(), all_messages());
+    }
+
+    #[test]
+    fn an_entry_message_is_a_tag_and_an_ftlog_frame() {
+        let mut frame = Vec::new();
+        encode_entry(&entry(3), &mut frame);
+        assert_eq!(
+            encoded(&Message::Entry(entry(3))),
+            [&[TAG_ENTRY][..], &frame].concat()
+        );
+    }
+
+    #[tokio::test]
+    async fn every_truncation_is_an_error() {
+        for message in all_messages() {
+            let bytes = encoded(&message);
+            for len in 1..bytes.len() {
+                let err = read_all(&bytes[..len]).await.unwrap_err();
+                assert!(
+                    matches!(err, WireError::Truncated { .. }),
+                    "{} cut at {len}: {err}",
+                    message.name()
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn corruption_is_caught() {
+        for message in all_messages() {
+            let mut bytes = encoded(&message);
+            *bytes.last_mut().unwrap() ^= 0x40;
+            let err = read_all(&bytes).await.unwrap_err().to_string();
+            assert!(err.contains("checksum"), "{}: {err}", message.name());
+        }
+        for tag in (0..=u8::MAX).filter(|&tag| tag_name(tag).is_some()) {
+            for bit in 0..8 {
+                assert_eq!(tag_name(tag ^ (1 << bit)), None, "tag {tag:#x} bit {bit}");
+            }
+        }
+        let err = read_all(b"GET / HTTP/1.1\r\n").await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WireError::UnknownTag {
+                    offset: 0,
+                    tag: b'G'
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn oversize_lengths_are_refused_before_reading_the_body() {
+        for tag in [TAG_HELLO, TAG_ENTRY] {
+            let mut bytes = vec![tag];
+            bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+            bytes.extend_from_slice(&[0; 4]);
+            let err = read_all(&bytes).await.unwrap_err();
+            assert!(
+                matches!(err, WireError::Oversize { len: u32::MAX, .. }),
+                "{err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_bodies_are_refused() {
+        let mut short_ack = Vec::new();
+        framed(&mut short_ack, TAG_ACK, |out| {
+            out.extend_from_slice(&[1; 7])
+        });
+        let err = read_all(&short_ack).await.unwrap_err().to_string();
+        assert!(
+            err.contains("malformed ack") && err.contains("7 bytes"),
+            "{err}"
+        );
+
+        let mut bad_node = encoded(&Message::Hello(Hello::new([1; 32], [2; 32], "abc", 1)));
+        bad_node.pop();
+        let body = &bad_node[1 + FRAME_HEADER_LEN..];
+        let (len, crc) = (
+            (body.len() as u32).to_le_bytes(),
+            crc32fast::hash(body).to_le_bytes(),
+        );
+        bad_node[1..5].copy_from_slice(&len);
+        bad_node[5..9].copy_from_slice(&crc);
+        let err = read_all(&bad_node).await.unwrap_err().to_string();
+        assert!(
+            err.contains("malformed hello") && err.contains("node name"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn peer_text_is_bounded_and_printable() {
+        let long = "é".repeat(200); // 400 bytes, 2 per char
+        let hello = Message::Hello(Hello::new([1; 32], [2; 32], long.clone(), 1));
+        let Message::Hello(back) = read_all(&encoded(&hello)).await.unwrap().remove(0) else {
+            panic!("not a hello")
+        };
+        assert_eq!(back.node, "é".repeat(127));
+
+        let reject = Message::Reject {
+            reason: "bad\n\x1b[31mred".into(),
+        };
+        assert_eq!(
+            read_all(&encoded(&reject)).await.unwrap(),
+            [Message::Reject {
+                reason: "bad\u{fffd}\u{fffd}[31mred".into()
+            }]
+        );
+    }
+}

@@ -1,0 +1,596 @@
+//! End-to-end tests: bytes in, Redis 7's exact bytes out.
+
+use crate::{Connection, Limits, ProcessOutcome, Store};
+
+/// Encodes a request the way redis-cli and redis-benchmark send it.
+fn request(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+struct Client {
+    store: Store,
+    conn: Connection,
+}
+
+impl Client {
+    fn new() -> Client {
+        Client::with_limits(Limits::DEFAULT)
+    }
+
+    fn with_limits(limits: Limits) -> Client {
+        Client {
+            store: Store::new(limits),
+            conn: Connection::new(),
+        }
+    }
+
+    /// Feeds `input`, processes until input is needed or the connection
+    /// closes, and returns every reply byte and the last outcome.
+    fn send(&mut self, input: &[u8]) -> (Vec<u8>, ProcessOutcome) {
+        self.conn.feed(input);
+        let mut replies = Vec::new();
+        loop {
+            let mut out = Vec::new();
+            let outcome = self.conn.process(&mut self.store, &mut out);
+            replies.extend_from_slice(&out);
+            if outcome != ProcessOutcome::OutputFull {
+                return (replies, outcome);
+            }
+        }
+    }
+
+    /// Sends one request and returns its reply as text.
+    fn call(&mut self, args: &[&str]) -> String {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        let (reply, outcome) = self.send(&request(&args));
+        assert_eq!(outcome, ProcessOutcome::NeedInput);
+        String::from_utf8(reply).unwrap()
+    }
+}
+
+const NOT_INTEGER: &str = "-ERR value is not an integer or out of range\r\n";
+const WRONG_TYPE: &str = "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
+const SYNTAX: &str = "-ERR syntax error\r\n";
+
+#[test]
+fn ping_and_echo() {
+    let mut c = Client::new();
+    assert_eq!(c.call(&["PING"]), "+PONG\r\n");
+    assert_eq!(c.call(&["ping", "hi"]), "$2\r\nhi\r\n");
+    assert_eq!(
+        c.call(&["PING", "a", "b"]),
+        "-ERR wrong number of arguments for 'ping' command\r\n"
+    );
+    assert_eq!(c.call(&["ECHO", "hello"]), "$5\r\nhello\r\n");
+    assert_eq!(c.call(&["ECHO", ""]), "$0\r\n\r\n");
+    assert_eq!(
+        c.call(&["ECHO"]),
+        "-ERR wrong number of arguments for 'echo' command\r\n"
+    );
+}
+
+#[test]
+fn set_and_get_are_binary_safe() {
+    let mut c = Client::new();
+    let value = b"a\r\nb\0c\xff";
+    let (reply, _) = c.send(&request(&[b"SET", b"k\0ey", value]));
+    assert_eq!(reply, b"+OK\r\n");
+    let (reply, _) = c.send(&request(&[b"GET", b"k\0ey"]));
+    assert_eq!(reply, b"$7\r\na\r\nb\0c\xff\r\n");
+    assert_eq!(c.call(&["GET", "missing"]), "$-1\r\n");
+    assert_eq!(c.call(&["set", "k", "v1"]), "+OK\r\n");
+    assert_eq!(c.call(&["SeT", "k", "v2"]), "+OK\r\n");
+    assert_eq!(c.call(&["gEt", "k"]), "$2\r\nv2\r\n");
+    assert_eq!(
+        c.call(&["GET", "k", "x"]),
+        "-ERR wrong number of arguments for 'get' command\r\n"
+    );
+    assert_eq!(
+        c.call(&["SET", "k"]),
+        "-ERR wrong number of arguments for 'set' command\r\n"
+    );
+}
+
+#[test]
+fn set_options() {
+    let mut c = Client::new();
+    assert_eq!(c.call(&["SET", "k", "1", "XX"]), "$-1\r\n");
+    assert_eq!(c.call(&["SET", "k", "1", "NX"]), "+OK\r\n");
+    assert_eq!(c.call(&["SET", "k", "2", "nx"]), "$-1\r\n");
+    assert_eq!(c.call(&["SET", "k", "3", "xx"]), "+OK\r\n");
+    assert_eq!(c.call(&["SET", "k", "4", "GET"]), "$1\r\n3\r\n");
+    assert_eq!(c.call(&["SET", "k", "5", "NX", "GET"]), "$1\r\n4\r\n");
+    assert_eq!(c.call(&["GET", "k"]), "$1\r\n4\r\n");
+    assert_eq!(c.call(&["SET", "new", "1", "GET"]), "$-1\r\n");
+    assert_eq!(c.call(&["SET", "k", "6", "KEEPTTL"]), "+OK\r\n");
+    assert_eq!(c.call(&["SET", "k", "7", "NX", "XX"]), SYNTAX);
+    assert_eq!(c.call(&["SET", "k", "7", "XX", "NX"]), SYNTAX);
+    assert_eq!(c.call(&["SET", "k", "7", "EX", "10"]), SYNTAX);
+    assert_eq!(c.call(&["SET", "k", "7", "BOGUS"]), SYNTAX);
+    assert_eq!(c.call(&["GET", "k"]), "$1\r\n6\r\n");
+    c.call(&["RPUSH", "list", "a"]);
+    assert_eq!(c.call(&["SET", "list", "x", "GET"]), WRONG_TYPE);
+    assert_eq!(c.call(&["LLEN", "list"]), ":1\r\n");
+    // A plain SET replaces a value of any type.
+    assert_eq!(c.call(&["SET", "list", "x"]), "+OK\r\n");
+    assert_eq!(c.call(&["GET", "list"]), "$1\r\nx\r\n");
+}
+
+#[test]
+fn mset() {
+    let mut c = Client::new();
+    assert_eq!(c.call(&["MSET", "a", "1", "b", "2"]), "+OK\r\n");
+    assert_eq!(c.call(&["GET", "b"]), "$1\r\n2\r\n");
+    assert_eq!(
+        c.call(&["MSET", "a", "1", "b"]),
+        "-ERR wrong number of arguments for 'mset' command\r\n"
+    );
+}
+
+#[test]
+fn del_and_exists_count_keys() {
+    let mut c = Client::new();
+    c.call(&["SET", "a", "1"]);
+    c.call(&["RPUSH", "b", "1"]);
+    assert_eq!(c.call(&["EXISTS", "a", "b", "c", "a"]), ":3\r\n");
+    assert_eq!(c.call(&["DEL", "a", "c", "a"]), ":1\r\n");
+    assert_eq!(c.call(&["DEL", "b"]), ":1\r\n");
+    assert_eq!(c.call(&["EXISTS", "a", "b"]), ":0\r\n");
+    assert_eq!(
+        c.call(&["DEL"]),
+        "-ERR wrong number of arguments for 'del' command\r\n"
+    );
+}
+
+#[test]
+fn incr_and_incrby() {
+    let mut c = Client::new();
+    assert_eq!(c.call(&["INCR", "n"]), ":1\r\n");
+    assert_eq!(c.call(&["INCR", "n"]), ":2\r\n");
+    assert_eq!(c.call(&["INCRBY", "n", "-12"]), ":-10\r\n");
+    assert_eq!(c.call(&["GET", "n"]), "$3\r\n-10\r\n");
+    assert_eq!(c.call(&["INCRBY", "n", "x"]), NOT_INTEGER);
+    assert_eq!(c.call(&["INCRBY", "n", "1.5"]), NOT_INTEGER);
+    c.call(&["SET", "s", "abc"]);
+    assert_eq!(c.call(&["INCR", "s"]), NOT_INTEGER);
+    c.call(&["SET", "z", "007"]);
+    assert_eq!(c.call(&["INCR", "z"]), NOT_INTEGER);
+    c.call(&["SET", "max", "9223372036854775807"]);
+    assert_eq!(
+        c.call(&["INCR", "max"]),
+        "-ERR increment or decrement would overflow\r\n"
+    );
+    assert_eq!(
+        c.call(&["INCRBY", "n", "-9223372036854775808"]),
+        "-ERR increment or decrement would overflow\r\n"
+    );
+    c.call(&["RPUSH", "l", "1"]);
+    assert_eq!(c.call(&["INCR", "l"]), WRONG_TYPE);
+    assert_eq!(
+        c.call(&["INCRBY", "n"]),
+        "-ERR wrong number of arguments for 'incrby' command\r\n"
+    );
+}
+
+#[test]
+fn append() {
+    let mut c = Client::new();
+    assert_eq!(c.call(&["APPEND", "k", "ab"]), ":2\r\n");
+    assert_eq!(c.call(&["APPEND", "k", "cde"]), ":5\r\n");
+    assert_eq!(c.call(&["GET", "k"]), "$5\r\nabcde\r\n");
+    c.call(&["RPUSH", "l", "1"]);
+    assert_eq!(c.call(&["APPEND", "l", "x"]), WRONG_TYPE);
+
+    let mut small = Client::with_limits(Limits {
+        max_bulk_len: 6,
+        ..Limits::DEFAULT
+    });
+    assert_eq!(small.call(&["APPEND", "k", "abcd"]), ":4\r\n");
+    assert_eq!(
+        small.call(&["APPEND", "k", "efg"]),
+        "-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n"
+    );
+}
+
+#[test]
+fn lists() {
+    let mut c = Client::new();
+    assert_eq!(c.call(&["RPUSH", "l", "a", "b", "c"]), ":3\r\n");
+    assert_eq!(c.call(&["LPUSH", "l", "y", "z"]), ":5\r\n");
+    assert_eq!(
+        c.call(&["LRANGE", "l", "0", "-1"]),
+        "*5\r\n$1\r\nz\r\n$1\r\ny\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n"
+    );
+    assert_eq!(
+        c.call(&["LRANGE", "l", "-2", "100"]),
+        "*2\r\n$1\r\nb\r\n$1\r\nc\r\n"
+    );
+    assert_eq!(c.call(&["LRANGE", "l", "3", "1"]), "*0\r\n");
+    assert_eq!(c.call(&["LRANGE", "nosuch", "0", "-1"]), "*0\r\n");
+    assert_eq!(c.call(&["LRANGE", "l", "a", "1"]), NOT_INTEGER);
+    assert_eq!(c.call(&["LLEN", "l"]), ":5\r\n");
+    assert_eq!(c.call(&["LLEN", "nosuch"]), ":0\r\n");
+    c.call(&["SET", "s", "x"]);
+    assert_eq!(c.call(&["RPUSH", "s", "x"]), WRONG_TYPE);
+    assert_eq!(c.call(&["LPUSH", "s", "x"]), WRONG_TYPE);
+    assert_eq!(c.call(&["LRANGE", "s", "0", "1"]), WRONG_TYPE);
+    assert_eq!(c.call(&["LLEN", "s"]), WRONG_TYPE);
+    assert_eq!(c.call(&["LPUSH", "new", "a", "b"]), ":2\r\n");
+    assert_eq!(
+        c.call(&["LRANGE", "new", "0", "-1"]),
+        "*2\r\n$1\r\nb\r\n$1\r\na\r\n"
+    );
+    assert_eq!(
+        c.call(&["RPUSH", "l"]),
+        "-ERR wrong number of arguments for 'rpush' command\r\n"
+    );
+    assert_eq!(
+        c.call(&["LRANGE", "l", "0"]),
+        "-ERR wrong number of arguments for 'lrange' command\r\n"
+    );
+}
+
+#[test]
+fn pops() {
+    let mut c = Client::new();
+    c.call(&["RPUSH", "l", "a", "b", "c", "d"]);
+    assert_eq!(c.call(&["LPOP", "l"]), "$1\r\na\r\n");
+    assert_eq!(c.call(&["RPOP", "l"]), "$1\r\nd\r\n");
+    assert_eq!(c.call(&["LPOP", "l", "0"]), "*0\r\n");
+    assert_eq!(c.call(&["RPOP", "l", "5"]), "*2\r\n$1\r\nc\r\n$1\r\nb\r\n");
+    // The emptied list is deleted.
+    assert_eq!(c.call(&["EXISTS", "l"]), ":0\r\n");
+    assert_eq!(c.call(&["LPOP", "l"]), "$-1\r\n");
+    assert_eq!(c.call(&["LPOP", "l", "2"]), "*-1\r\n");
+    let positive = "-ERR value is out of range, must be positive\r\n";
+    assert_eq!(c.call(&["LPOP", "l", "-1"]), positive);
+    assert_eq!(c.call(&["LPOP", "l", "x"]), positive);
+    assert_eq!(
+        c.call(&["LPOP", "l", "1", "2"]),
+        "-ERR wrong number of arguments for 'lpop' command\r\n"
+    );
+    c.call(&["SET", "s", "x"]);
+    assert_eq!(c.call(&["RPOP", "s"]), WRONG_TYPE);
+}
+
+#[test]
+fn dbsize_flushall_select() {
+    let mut c = Client::new();
+    assert_eq!(c.call(&["DBSIZE"]), ":0\r\n");
+    c.call(&["MSET", "a", "1", "b", "2"]);
+    c.call(&["RPUSH", "l", "1"]);
+    assert_eq!(c.call(&["DBSIZE"]), ":3\r\n");
+    assert_eq!(c.call(&["FLUSHALL", "BOGUS"]), SYNTAX);
+    assert_eq!(c.call(&["FLUSHALL", "ASYNC", "x"]), SYNTAX);
+    assert_eq!(c.call(&["FLUSHALL"]), "+OK\r\n");
+    assert_eq!(c.call(&["DBSIZE"]), ":0\r\n");
+    assert_eq!(c.store.used_memory(), 0);
+    assert_eq!(c.call(&["FLUSHALL", "sync"]), "+OK\r\n");
+    assert_eq!(c.call(&["SELECT", "0"]), "+OK\r\n");
+    assert_eq!(
+        c.call(&["SELECT", "1"]),
+        "-ERR DB index is out of range\r\n"
+    );
+    assert_eq!(c.call(&["SELECT", "x"]), NOT_INTEGER);
+}
+
+#[test]
+fn config_and_command() {
+    let mut c = Client::new();
+    assert_eq!(
+        c.call(&["CONFIG", "GET", "save"]),
+        "*2\r\n$4\r\nsave\r\n$0\r\n\r\n"
+    );
+    assert_eq!(
+        c.call(&["config", "get", "appendonly"]),
+        "*2\r\n$10\r\nappendonly\r\n$2\r\nno\r\n"
+    );
+    assert_eq!(c.call(&["CONFIG", "GET", "nosuch"]), "*0\r\n");
+    assert_eq!(
+        c.call(&["CONFIG", "GET"]),
+        "-ERR wrong number of arguments for 'config|get' command\r\n"
+    );
+    assert_eq!(
+        c.call(&["CONFIG"]),
+        "-ERR wrong number of arguments for 'config' command\r\n"
+    );
+    assert_eq!(
+        c.call(&["CONFIG", "SET", "save", ""]),
+        "-ERR unknown subcommand 'SET'. Try CONFIG HELP.\r\n"
+    );
+    assert_eq!(c.call(&["COMMAND"]), "*0\r\n");
+    assert_eq!(c.call(&["COMMAND", "DOCS"]), "*0\r\n");
+    assert_eq!(c.call(&["command", "docs", "get"]), "*0\r\n");
+    assert_eq!(
+        c.call(&["COMMAND", "COUNT"]),
+        "-ERR unknown subcommand 'COUNT'. Try COMMAND HELP.\r\n"
+    );
+}
+
+#[test]
+fn unknown_commands() {
+    let mut c = Client::new();
+    assert_eq!(
+        c.call(&["FOO"]),
+        "-ERR unknown command 'FOO', with args beginning with: \r\n"
+    );
+    assert_eq!(
+        c.call(&["foo", "a", "b c"]),
+        "-ERR unknown command 'foo', with args beginning with: 'a' 'b c' \r\n"
+    );
+    // Newlines in client text cannot break the reply line.
+    assert_eq!(
+        c.call(&["x\r\ny", "1\n2"]),
+        "-ERR unknown command 'x  y', with args beginning with: '1 2' \r\n"
+    );
+    // Redis shows at most 128 bytes of arguments, the last one cut short.
+    let long = "x".repeat(200);
+    let expected = format!(
+        "-ERR unknown command 'nope', with args beginning with: 'aaa' '{}' \r\n",
+        "x".repeat(122)
+    );
+    assert_eq!(c.call(&["nope", "aaa", &long, "more"]), expected);
+    let name = "n".repeat(300);
+    let expected = format!(
+        "-ERR unknown command '{}', with args beginning with: \r\n",
+        "n".repeat(128)
+    );
+    assert_eq!(c.call(&[&name]), expected);
+}
+
+#[test]
+fn quit_closes_after_ok() {
+    let mut c = Client::new();
+    let (reply, outcome) = c.send(b"PING\r\nQUIT\r\nPING\r\n");
+    assert_eq!(reply, b"+PONG\r\n+OK\r\n");
+    assert_eq!(outcome, ProcessOutcome::Close);
+    let (reply, outcome) = c.send(b"PING\r\n");
+    assert!(reply.is_empty());
+    assert_eq!(outcome, ProcessOutcome::Close);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let mut c = Client::new();
+    let mut input = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..16 {
+        let key = format!("key:{i:012}");
+        input.extend(request(&[b"SET", key.as_bytes(), b"xxx"]));
+        input.extend(request(&[b"GET", key.as_bytes()]));
+        input.extend(request(&[b"INCR", b"counter"]));
+        expected.extend_from_slice(b"+OK\r\n$3\r\nxxx\r\n");
+        expected.extend(format!(":{}\r\n", i + 1).into_bytes());
+    }
+    input.extend_from_slice(b"PING\r\n");
+    expected.extend_from_slice(b"+PONG\r\n");
+    let (reply, outcome) = c.send(&input);
+    assert_eq!(outcome, ProcessOutcome::NeedInput);
+    assert_eq!(reply, expected);
+}
+
+/// A mix of every framing: multibulk, inline, blank lines, empty arrays.
+fn mixed_input() -> Vec<u8> {
+    let mut input = request(&[b"SET", b"k", b"v\r\nv"]);
+    input.extend_from_slice(b"PING\r\n\r\n*0\r\necho \"a b\\x41\"\n");
+    input.extend(request(&[b"RPUSH", b"l", b"1", b"", b"333"]));
+    input.extend_from_slice(b"*-1\r\n");
+    input.extend(request(&[b"LRANGE", b"l", b"0", b"-1"]));
+    input.extend(request(&[b"GET", b"k"]));
+    input
+}
+
+const MIXED_REPLY: &[u8] = b"+OK\r\n+PONG\r\n$4\r\na bA\r\n:3\r\n\
+    *3\r\n$1\r\n1\r\n$0\r\n\r\n$3\r\n333\r\n$4\r\nv\r\nv\r\n";
+
+#[test]
+fn requests_split_at_any_byte() {
+    let input = mixed_input();
+    for split in 0..=input.len() {
+        let mut c = Client::new();
+        let (mut reply, outcome) = c.send(&input[..split]);
+        assert_eq!(outcome, ProcessOutcome::NeedInput);
+        let (rest, outcome) = c.send(&input[split..]);
+        assert_eq!(outcome, ProcessOutcome::NeedInput);
+        reply.extend(rest);
+        assert_eq!(reply, MIXED_REPLY, "split at {split}");
+        assert_eq!(c.conn.buffered(), 0);
+    }
+}
+
+#[test]
+fn requests_fed_one_byte_at_a_time() {
+    let mut c = Client::new();
+    let mut reply = Vec::new();
+    for byte in mixed_input() {
+        let (out, outcome) = c.send(&[byte]);
+        assert_eq!(outcome, ProcessOutcome::NeedInput);
+        reply.extend(out);
+    }
+    assert_eq!(reply, MIXED_REPLY);
+}
+
+#[test]
+fn inline_quoting() {
+    let mut c = Client::new();
+    let (reply, _) = c.send(b"ECHO \"tab\\there\\n\"\r\n");
+    assert_eq!(reply, b"$9\r\ntab\there\n\r\n");
+    let (reply, _) = c.send(b"ECHO 'it\\'s'\r\n");
+    assert_eq!(reply, b"$4\r\nit's\r\n");
+    let (reply, _) = c.send(b"  ECHO   x\"y z\"  \n");
+    assert_eq!(reply, b"$4\r\nxy z\r\n");
+    let (reply, _) = c.send(b"   \r\n\n");
+    assert!(reply.is_empty());
+}
+
+/// Each input gets the replies to the requests before it, then the error,
+/// and closes the connection.
+#[test]
+fn protocol_errors_close_the_connection() {
+    let cases: &[(&[u8], &str)] = &[
+        (b"*abc\r\n", "invalid multibulk length"),
+        (b"*3000000000\r\n", "invalid multibulk length"),
+        (b"*1\r\n$x\r\n", "invalid bulk length"),
+        (b"*1\r\n$-1\r\n", "invalid bulk length"),
+        (b"*1\r\nPING\r\n", "expected '$', got 'P'"),
+        (b"*1\r\n$4\r\nPINGXX\r\n", "expected CRLF after bulk data"),
+        (b"*1\r\n$4\r\nPING\n\n", "expected CRLF after bulk data"),
+        (b"*1\rX", "expected CRLF after header"),
+        (b"ECHO \"abc\r\n", "unbalanced quotes in request"),
+        (b"ECHO \"abc\"d\r\n", "unbalanced quotes in request"),
+        (b"ECHO 'abc\r\n", "unbalanced quotes in request"),
+    ];
+    for (input, error) in cases {
+        let mut c = Client::new();
+        let mut bytes = b"PING\r\n".to_vec();
+        bytes.extend_from_slice(input);
+        let (reply, outcome) = c.send(&bytes);
+        let expected = format!("+PONG\r\n-ERR Protocol error: {error}\r\n");
+        assert_eq!(String::from_utf8(reply).unwrap(), expected);
+        assert_eq!(outcome, ProcessOutcome::Close);
+        assert_eq!(c.conn.buffered(), 0);
+        let (reply, outcome) = c.send(b"PING\r\n");
+        assert!(reply.is_empty());
+        assert_eq!(outcome, ProcessOutcome::Close);
+    }
+}
+
+#[test]
+fn limits_refuse_oversized_requests() {
+    let limits = Limits {
+        max_bulk_len: 10,
+        max_args: 4,
+        max_request_len: 120,
+        max_inline_len: 32,
+        ..Limits::DEFAULT
+    };
+    let too_long_line = [b'x'; 33];
+    let cases: &[(&[u8], &str)] = &[
+        (b"*1\r\n$11\r\n", "invalid bulk length"),
+        (b"*5\r\n", "invalid multibulk length"),
+        (&too_long_line, "too big inline request"),
+        (
+            b"*11111111111111111111111111111111111",
+            "too big mbulk count string",
+        ),
+        (
+            b"*1\r\n$11111111111111111111111111111111111",
+            "too big bulk count string",
+        ),
+        // Three 10-byte arguments plus 32 bytes of overhead each exceed 120.
+        (
+            b"*4\r\n$10\r\n0123456789\r\n$10\r\n0123456789\r\n$10\r\n",
+            "too big request",
+        ),
+    ];
+    for (input, error) in cases {
+        let mut c = Client::with_limits(limits);
+        let (reply, outcome) = c.send(input);
+        let expected = format!("-ERR Protocol error: {error}\r\n");
+        assert_eq!(String::from_utf8(reply).unwrap(), expected);
+        assert_eq!(outcome, ProcessOutcome::Close);
+    }
+    // Right at the limits everything is accepted.
+    let mut c = Client::with_limits(limits);
+    let (reply, _) = c.send(&request(&[b"SET", b"k", b"0123456789"]));
+    assert_eq!(reply, b"+OK\r\n");
+    let mut line = b"ECHO ".to_vec();
+    line.extend([b'y'; 10]);
+    line.extend([b' '; 17]);
+    line.push(b'\n');
+    let (reply, outcome) = c.send(&line);
+    assert_eq!(reply, b"$10\r\nyyyyyyyyyy\r\n");
+    assert_eq!(outcome, ProcessOutcome::NeedInput);
+}
+
+#[test]
+fn writes_are_refused_over_maxmemory() {
+    let mut c = Client::with_limits(Limits {
+        maxmemory: 1000,
+        ..Limits::DEFAULT
+    });
+    let oom = "-OOM command not allowed when used memory > 'maxmemory'.\r\n";
+    let value = "v".repeat(600);
+    assert_eq!(c.call(&["SET", "a", &value]), "+OK\r\n");
+    assert_eq!(c.call(&["SET", "b", &value]), "+OK\r\n");
+    assert!(c.store.used_memory() > 1000);
+    for args in [
+        &["SET", "c", "1"][..],
+        &["APPEND", "a", "1"],
+        &["INCR", "n"],
+        &["INCRBY", "n", "1"],
+        &["RPUSH", "l", "1"],
+        &["LPUSH", "l", "1"],
+        &["MSET", "x", "1"],
+    ] {
+        assert_eq!(c.call(args), oom, "{args:?}");
+    }
+    // Arity errors come first, as in Redis.
+    assert_eq!(
+        c.call(&["SET", "c"]),
+        "-ERR wrong number of arguments for 'set' command\r\n"
+    );
+    // Reads and deletes still work, and deleting makes room again.
+    assert_eq!(c.call(&["EXISTS", "a"]), ":1\r\n");
+    assert_eq!(c.call(&["DEL", "a"]), ":1\r\n");
+    assert_eq!(c.call(&["SET", "c", "1"]), "+OK\r\n");
+}
+
+#[test]
+fn output_is_produced_in_bounded_steps() {
+    let mut c = Client::with_limits(Limits {
+        reply_high_water: 64,
+        ..Limits::DEFAULT
+    });
+    let value = "v".repeat(50);
+    c.call(&["SET", "k", &value]);
+    let mut input = Vec::new();
+    for _ in 0..10 {
+        input.extend(request(&[b"GET", b"k"]));
+    }
+    c.conn.feed(&input);
+    let mut out = Vec::new();
+    let mut steps = 0;
+    loop {
+        out.clear();
+        steps += 1;
+        match c.conn.process(&mut c.store, &mut out) {
+            ProcessOutcome::OutputFull => assert!(out.len() >= 64 && out.len() < 64 + 60),
+            ProcessOutcome::NeedInput => break,
+            ProcessOutcome::Close => panic!("closed"),
+        }
+    }
+    assert_eq!(steps, 6);
+}
+
+#[test]
+fn memory_accounting_returns_to_zero() {
+    let mut c = Client::new();
+    c.call(&["SET", "a", "12345"]);
+    c.call(&["SET", "a", "123456789"]);
+    c.call(&["APPEND", "a", "0123456789"]);
+    c.call(&["APPEND", "b", "x"]);
+    c.call(&["INCR", "n"]);
+    c.call(&["INCRBY", "n", "1000000"]);
+    c.call(&["RPUSH", "l", "a", "bb", "ccc"]);
+    c.call(&["LPUSH", "l", "d"]);
+    c.call(&["LPOP", "l"]);
+    c.call(&["RPOP", "l", "2"]);
+    c.call(&["MSET", "m1", "1", "m2", "2"]);
+    c.call(&["SET", "l2", "x"]);
+    c.call(&["RPUSH", "l3", "x"]);
+    c.call(&["SET", "l3", "y"]);
+    assert!(c.store.used_memory() > 0);
+    assert_eq!(
+        c.call(&["DEL", "a", "b", "n", "l", "m1", "m2", "l2", "l3"]),
+        ":8\r\n"
+    );
+    assert!(c.store.is_empty());
+    assert_eq!(c.store.used_memory(), 0);
+}

@@ -27,8 +27,12 @@ pub struct RunArgs {
     #[arg(long)]
     guest: PathBuf,
     /// TAP device to serve the guest's network through (created if missing).
+    #[arg(long, conflicts_with = "xdp", required_unless_present = "xdp")]
+    tap: Option<String>,
+    /// Host NIC to serve the guest through with XDP and AF_XDP: the
+    /// service's frames are steered to the guest, the rest pass to the host.
     #[arg(long)]
-    tap: String,
+    xdp: Option<String>,
     /// The guest's (service) address with prefix length, e.g. 198.18.0.2/24.
     #[arg(long)]
     ip: String,
@@ -87,11 +91,13 @@ impl OutputSink for ReleaseNow {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
+    // Before any thread exists (the NIC backends start their own), so that
+    // every thread inherits the mask and only the signal thread sees them.
+    let stop_signals = block_stop_signals()?;
     let config = guest_config(&args.mac, &args.ip, args.gateway)?;
     let image = GuestImage::from_file(&args.guest)?;
     let machine = Machine::new(&image, &config).context("create the VM")?;
-    let (nic_rx, nic_tx) =
-        nic::tap::open(&args.tap).with_context(|| format!("open TAP {}", args.tap))?;
+    let (nic_rx, nic_tx, xdp_control) = open_nic(&args, &config)?;
 
     let mut log: Box<dyn LogSink> = match &args.record {
         Some(path) => {
@@ -106,7 +112,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         None => Box::new(NoLog),
     };
     let mut output = ReleaseNow {
-        nic: Box::new(nic_tx),
+        nic: nic_tx,
         pcap: args
             .pcap
             .as_deref()
@@ -116,12 +122,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         send_errors: 0,
     };
 
-    let stop_signals = block_stop_signals()?;
     let (inputs_tx, inputs_rx) = sync_channel(args.rx_queue);
     let shutdown = Arc::new(AtomicBool::new(false));
     let queue_drops = Arc::new(AtomicU64::new(0));
     let rx_thread = spawn_rx_thread(
-        Box::new(nic_rx),
+        nic_rx,
         inputs_tx.clone(),
         shutdown.clone(),
         queue_drops.clone(),
@@ -130,7 +135,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
     tracing::info!(
         guest = %args.guest.display(),
-        tap = %args.tap,
+        nic = args.tap.as_deref().or(args.xdp.as_deref()).unwrap_or_default(),
         ip = %args.ip,
         mac = %args.mac,
         "guest running"
@@ -142,6 +147,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     drop(log);
     if let Some(pcap) = &mut output.pcap {
         pcap.flush()?;
+    }
+    if let Some(control) = xdp_control {
+        if let Ok(counters) = control.counters() {
+            tracing::info!(?counters, "XDP datapath");
+        }
+        control.detach();
     }
     let summary = result?;
     let log_bytes = args
@@ -170,6 +181,27 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(3))
         }
     }
+}
+
+type Nic = (Box<dyn NicRx>, Box<dyn NicTx>, Option<xdpnet::PortControl>);
+
+/// Opens the chosen backend. With XDP this host takes the service address
+/// at once (it is the only node) and announces it with a gratuitous ARP.
+fn open_nic(args: &RunArgs, config: &ftlog::GuestConfig) -> Result<Nic> {
+    if let Some(iface) = &args.xdp {
+        let port =
+            xdpnet::XdpPort::open(iface, config.mac, config.ipv4.into(), xdpnet::Role::Primary)
+                .with_context(|| format!("attach XDP to {iface}"))?;
+        tracing::info!(iface, mode = ?port.attach_mode(), queues = port.queues(), "XDP datapath attached");
+        let control = port.control();
+        let (rx, mut tx) = port.split();
+        tx.send_gratuitous_arp()
+            .context("announce the service address")?;
+        return Ok((Box::new(rx), Box::new(tx), Some(control)));
+    }
+    let tap = args.tap.as_deref().expect("clap requires --tap or --xdp");
+    let (rx, tx) = nic::tap::open(tap).with_context(|| format!("open TAP {tap}"))?;
+    Ok((Box::new(rx), Box::new(tx), None))
 }
 
 /// Blocks SIGINT and SIGTERM in this thread and every thread it spawns

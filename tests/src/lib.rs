@@ -142,28 +142,6 @@ impl Netns {
         run(&mut cmd)
     }
 
-    /// Runs `f` on a thread that has entered this namespace, so plain
-    /// sockets in the test reach what lives inside it.
-    pub fn run_inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let ns =
-                        std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                    // SAFETY: setns on a valid namespace fd; it only changes
-                    // this (fresh, scoped) thread's network namespace.
-                    let rc = unsafe {
-                        libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET)
-                    };
-                    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-                    f()
-                })
-                .join()
-                .expect("namespace thread panicked")
-        })
-    }
-
     /// A TAP device in this namespace with `host_cidr` on the host side, up.
     pub fn add_tap(&self, name: &str, host_cidr: &str) -> Result<()> {
         self.exec(&["ip", "tuntap", "add", "dev", name, "mode", "tap"])?;
@@ -283,40 +261,59 @@ pub fn wait_for<T>(
 /// The guest's identity in single-host tests.
 pub const GUEST_IP: &str = "198.18.0.2";
 pub const GUEST_MAC: &str = "02:00:00:00:00:02";
-const HOST_CIDR: &str = "198.18.0.1/24";
+const CLIENT_CIDR: &str = "198.18.0.1/24";
+/// The host's own address when the guest sits behind XDP on its NIC.
+pub const HOST_IP: &str = "198.18.0.3";
 
-/// A guest served by `agent run` over a TAP in its own namespace.
-pub struct GuestOnTap {
+/// A guest served by `agent run`, and a client namespace that reaches it.
+pub struct Guest {
     pub agent: Process,
-    pub ns: Netns,
+    /// Where clients run (`redis`, `client.command`).
+    pub client: Netns,
+    /// The agent's own namespace when it differs from the client's.
+    pub host: Option<Netns>,
 }
 
-impl GuestOnTap {
-    /// Starts the agent with `extra` arguments (e.g. `--record FILE`) and
-    /// waits until the guest answers PING.
-    pub fn start(tag: &str, extra: &[&std::ffi::OsStr]) -> Result<Self> {
+impl Guest {
+    /// The agent serves the guest through a TAP; clients run in the same
+    /// namespace, on the TAP's host side.
+    pub fn on_tap(tag: &str, extra: &[&std::ffi::OsStr]) -> Result<Self> {
         let ns = Netns::new(tag)?;
-        ns.add_tap("tap0", HOST_CIDR)?;
+        ns.add_tap("tap0", CLIENT_CIDR)?;
         ns.exec(&[
             "ip", "neigh", "replace", GUEST_IP, "lladdr", GUEST_MAC, "dev", "tap0",
         ])?;
-        let mut cmd = ns.command(binary("agent"));
-        cmd.arg("run")
-            .arg("--guest")
-            .arg(guest_image())
-            .args([
-                "--tap",
-                "tap0",
-                "--ip",
-                &format!("{GUEST_IP}/24"),
-                "--mac",
-                GUEST_MAC,
-            ])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let agent = Process::spawn(cmd, "agent run")?;
-        let guest = GuestOnTap { agent, ns };
+        let agent = spawn_agent(&ns, &["--tap", "tap0"], extra)?;
+        Guest::ready(Guest {
+            agent,
+            client: ns,
+            host: None,
+        })
+    }
+
+    /// The agent attaches XDP/AF_XDP to the host's veth; clients run in a
+    /// peer namespace on the other end, next to the host's own address.
+    pub fn behind_xdp(tag: &str, extra: &[&std::ffi::OsStr]) -> Result<Self> {
+        let client = Netns::new(&format!("{tag}c"))?;
+        let host = Netns::new(&format!("{tag}h"))?;
+        client.add_veth("eth0", &host, "eth0")?;
+        client.exec(&["ip", "addr", "add", CLIENT_CIDR, "dev", "eth0"])?;
+        // A veth leaves TCP checksums for "hardware" to finish, and XDP sees
+        // the frame before anything does; real wires carry full checksums.
+        client.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+        host.exec(&["ip", "addr", "add", &format!("{HOST_IP}/24"), "dev", "eth0"])?;
+        client.exec(&[
+            "ip", "neigh", "replace", GUEST_IP, "lladdr", GUEST_MAC, "dev", "eth0",
+        ])?;
+        let agent = spawn_agent(&host, &["--xdp", "eth0"], extra)?;
+        Guest::ready(Guest {
+            agent,
+            client,
+            host: Some(host),
+        })
+    }
+
+    fn ready(guest: Guest) -> Result<Self> {
         wait_for("the guest to answer PING", Duration::from_secs(30), || {
             Ok((guest.redis(&["PING"])? == "PONG").then_some(()))
         })?;
@@ -325,14 +322,22 @@ impl GuestOnTap {
 
     /// Runs `redis-cli` against the guest and returns its trimmed output.
     pub fn redis(&self, args: &[&str]) -> Result<String> {
-        let mut cmd = self.ns.command("redis-cli");
-        cmd.args(["-h", GUEST_IP, "-p", "6379"]).args(args);
+        // Bounded: redis-cli alone waits forever for an unanswered connect.
+        let mut cmd = self.client.command("timeout");
+        cmd.args(["10", "redis-cli", "-h", GUEST_IP, "-p", "6379"])
+            .args(args);
         let out = run(&mut cmd)?;
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
     }
 
     /// Stops the agent with SIGTERM and returns its `key=value` summary.
     pub fn stop(self) -> Result<Summary> {
+        self.stop_keeping_network().map(|(summary, _)| summary)
+    }
+
+    /// Like `stop`, but hands back the namespaces (client, then host) to
+    /// inspect what the agent left behind.
+    pub fn stop_keeping_network(self) -> Result<(Summary, Vec<Netns>)> {
         self.agent.signal(libc::SIGTERM)?;
         let out = self.agent.wait_with_output(Duration::from_secs(30))?;
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -343,8 +348,23 @@ impl GuestOnTap {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Ok(Summary::parse(&stdout))
+        let namespaces = std::iter::once(self.client).chain(self.host).collect();
+        Ok((Summary::parse(&stdout), namespaces))
     }
+}
+
+fn spawn_agent(ns: &Netns, nic: &[&str], extra: &[&std::ffi::OsStr]) -> Result<Process> {
+    let mut cmd = ns.command(binary("agent"));
+    cmd.arg("run")
+        .arg("--guest")
+        .arg(guest_image())
+        .args(nic)
+        .args(["--ip", &format!("{GUEST_IP}/24"), "--mac", GUEST_MAC])
+        .args(extra)
+        // The summary line; the log goes to the test's stderr (never a
+        // pipe nobody reads, which would stall the agent).
+        .stdout(Stdio::piped());
+    Process::spawn(cmd, "agent run")
 }
 
 /// The `key=value` line an agent prints when it ends.

@@ -1,6 +1,6 @@
 //! The guest appliance answers a real Redis client over a TAP.
 
-use ft_tests::{require_root_and_kvm, GuestOnTap, GUEST_IP};
+use ft_tests::{require_root_and_kvm, Guest, GUEST_IP};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 #[test]
 fn redis_cli_gets_the_right_answers() {
     require_root_and_kvm();
-    let guest = GuestOnTap::start("redis", &[]).expect("start guest");
+    let guest = Guest::on_tap("redis", &[]).expect("start guest");
     let r = |args: &[&str]| guest.redis(args).expect("redis-cli");
 
     assert_eq!(r(&["SET", "greeting", "hello"]), "OK");
@@ -35,15 +35,17 @@ fn redis_cli_gets_the_right_answers() {
     assert!(unknown.contains("ERR unknown command"), "{unknown}");
 
     // A malformed request on a raw connection gets a RESP error...
-    let reply = guest.ns.run_inside(|| {
-        let mut conn = TcpStream::connect((GUEST_IP, 6379)).expect("connect");
-        conn.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        conn.write_all(b"*2\r\n$3\r\nGET\r\n$abc\r\n").unwrap();
-        let mut reply = Vec::new();
-        let _ = conn.read_to_end(&mut reply);
-        String::from_utf8_lossy(&reply).to_string()
-    });
+    let reply = guest
+        .client
+        .run_in(|| {
+            let mut conn = TcpStream::connect((GUEST_IP, 6379))?;
+            conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+            conn.write_all(b"*2\r\n$3\r\nGET\r\n$abc\r\n")?;
+            let mut reply = Vec::new();
+            let _ = conn.read_to_end(&mut reply);
+            Ok(String::from_utf8_lossy(&reply).to_string())
+        })
+        .expect("raw connection");
     assert!(reply.starts_with("-ERR Protocol error"), "{reply:?}");
     // ...and the server keeps serving everybody else.
     assert_eq!(r(&["GET", "counter"]), "42");

@@ -2,7 +2,7 @@
 //! fail exactly where a tampered log stops matching.
 
 use ft_tests::{
-    binary, guest_image, require_root_and_kvm, run, GuestOnTap, ScratchDir, Summary, GUEST_IP,
+    binary, guest_image, require_root_and_kvm, run, Guest, ScratchDir, Summary, GUEST_IP,
 };
 use ftlog::{Entry, LogReader, LogWriter, Payload};
 use std::path::Path;
@@ -41,20 +41,18 @@ fn write_log(path: &Path, header: &ftlog::LogHeader, entries: &[Entry]) {
 }
 
 /// Index of an rx frame that carries a client request (TCP payload to port
-/// 6379) and is alone at its exit with the next entry at least two exits
-/// later, so it can be moved one exit forward without reordering the log.
-fn lone_request_frame(entries: &[Entry]) -> usize {
-    (1..entries.len() - 1)
+/// 6379) and is the last entry at its exit, so it can be moved one exit
+/// forward without reordering the log.
+fn last_request_frame_at_its_exit(entries: &[Entry]) -> usize {
+    (0..entries.len() - 1)
         .find(|&i| {
             let Payload::RxFrame(frame) = &entries[i].payload else {
                 return false;
             };
-            let exit = entries[i].position.exit;
             tcp_payload_offset(frame).is_some()
-                && entries[i - 1].position.exit < exit
-                && entries[i + 1].position.exit >= exit + 2
+                && entries[i + 1].position.exit > entries[i].position.exit
         })
-        .expect("the log has a lone request frame")
+        .expect("the log has a request frame that ends its exit")
 }
 
 /// Offset of the TCP payload in an Ethernet/IPv4 frame to port 6379, if any.
@@ -86,7 +84,7 @@ fn recorded_workload_replays_identically_and_tampering_is_caught() {
     let scratch = ScratchDir::new("record");
     let log = scratch.path().join("run.ftlog");
     let recorded_pcap = scratch.path().join("recorded.pcap");
-    let guest = GuestOnTap::start(
+    let guest = Guest::on_tap(
         "rec",
         &[
             "--record".as_ref(),
@@ -99,7 +97,7 @@ fn recorded_workload_replays_identically_and_tampering_is_caught() {
 
     // 2,000 requests from redis-benchmark over 10 connections, plus a list
     // built one command at a time by redis-cli.
-    let mut bench = guest.ns.command("redis-benchmark");
+    let mut bench = guest.client.command("redis-benchmark");
     bench.args([
         "-h", GUEST_IP, "-p", "6379", "-n", "1000", "-c", "10", "-t", "set,get", "-q",
     ]);
@@ -139,7 +137,7 @@ fn recorded_workload_replays_identically_and_tampering_is_caught() {
     );
 
     let (header, entries) = read_log(&log);
-    let target = lone_request_frame(&entries);
+    let target = last_request_frame_at_its_exit(&entries);
     let exit = entries[target].position.exit;
 
     // One payload byte changed (with a valid entry checksum).
@@ -174,8 +172,7 @@ fn damaged_logs_give_clear_errors() {
     require_root_and_kvm();
     let scratch = ScratchDir::new("damaged");
     let log = scratch.path().join("good.ftlog");
-    let guest =
-        GuestOnTap::start("dmg", &["--record".as_ref(), log.as_os_str()]).expect("start guest");
+    let guest = Guest::on_tap("dmg", &["--record".as_ref(), log.as_os_str()]).expect("start guest");
     for i in 0..20 {
         guest.redis(&["SET", &format!("k{i}"), "v"]).unwrap();
     }

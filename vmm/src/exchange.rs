@@ -71,17 +71,12 @@ pub fn take_request(mem: &GuestMemoryMmap, rip: impl Fn() -> u64) -> Result<Requ
             .map_err(mem_err)?;
         tx_frames.push(frame);
     }
-    let console_len = (read_u32(mem, offsets::CONSOLE_LEN)? as usize).min(abi::CONSOLE_CAPACITY);
-    let mut console = vec![0u8; console_len];
-    mem.read_slice(&mut console, at(offsets::CONSOLE))
-        .map_err(mem_err)?;
+    let console = take_console(mem)?;
     let flags = read_u32(mem, offsets::FLAGS)?;
     let wait_until_ns = mem
         .read_obj::<u64>(at(offsets::WAIT_UNTIL_NS))
         .map_err(mem_err)?;
     mem.write_obj(0u32, at(offsets::TX_COUNT))
-        .map_err(mem_err)?;
-    mem.write_obj(0u32, at(offsets::CONSOLE_LEN))
         .map_err(mem_err)?;
     Ok(Request {
         tx_frames,
@@ -89,6 +84,18 @@ pub fn take_request(mem: &GuestMemoryMmap, rip: impl Fn() -> u64) -> Result<Requ
         wants_entropy: flags & abi::REQ_ENTROPY != 0,
         wait_until_ns,
     })
+}
+
+/// Takes the console text the guest wrote since the last exit (also at a
+/// halt, where it says why the guest stopped).
+pub fn take_console(mem: &GuestMemoryMmap) -> Result<Vec<u8>, MachineError> {
+    let len = (read_u32(mem, offsets::CONSOLE_LEN)? as usize).min(abi::CONSOLE_CAPACITY);
+    let mut console = vec![0u8; len];
+    mem.read_slice(&mut console, at(offsets::CONSOLE))
+        .map_err(mem_err)?;
+    mem.write_obj(0u32, at(offsets::CONSOLE_LEN))
+        .map_err(mem_err)?;
+    Ok(console)
 }
 
 /// Writes the inputs delivered at this exit. `rx_count` is always written

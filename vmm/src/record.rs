@@ -165,6 +165,7 @@ impl Recorder {
             rip: self.machine.rip()?,
         };
         if let GuestExit::Halt(code) = exit {
+            log_console(&exchange::take_console(self.machine.memory())?, false);
             return self.finish(log, position, Some(code)).map(Some);
         }
 

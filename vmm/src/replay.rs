@@ -149,7 +149,10 @@ impl Replayer {
 
         let request = match exit_kind {
             GuestExit::Exchange => Some(exchange::take_request(self.machine.memory(), || rip)?),
-            GuestExit::Halt(_) => None,
+            GuestExit::Halt(_) => {
+                log_console(&exchange::take_console(self.machine.memory())?, true);
+                None
+            }
         };
         if let Some(request) = &request {
             log_console(&request.console, true);

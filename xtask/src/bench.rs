@@ -1,12 +1,12 @@
 //! `cargo xtask bench`: one table, every ratio from the same run.
 //!
 //! Real clients against the real guest: redis-benchmark over a TAP in a
-//! namespace, with and without recording the log.
+//! namespace with and without recording the log, and through XDP/AF_XDP.
 
 use crate::test::TEST_PACKAGES;
 use crate::util::{ensure_apt_packages, run, workspace_root};
 use anyhow::{bail, Context, Result};
-use ft_tests::{GuestOnTap, ScratchDir, Summary, GUEST_IP};
+use ft_tests::{Guest, ScratchDir, Summary, GUEST_IP};
 use std::ffi::OsStr;
 use std::process::Command;
 use std::time::Instant;
@@ -16,9 +16,9 @@ const CLIENTS: &str = "50";
 /// Requests per redis-benchmark test, by pipeline depth.
 fn requests(pipeline: u32) -> u32 {
     if pipeline == 1 {
-        20_000
-    } else {
         100_000
+    } else {
+        1_000_000
     }
 }
 
@@ -44,45 +44,58 @@ impl Run {
 pub fn bench() -> Result<()> {
     ensure_apt_packages(TEST_PACKAGES)?;
     crate::guest::build()?;
+    crate::ebpf::build()?;
     run(Command::new(env!("CARGO"))
         .current_dir(workspace_root())
         .args(["build", "--release", "--workspace", "--bins"]))?;
 
-    let plain = measure(false)?;
-    let recording = measure(true)?;
+    let tap = measure(Nic::Tap, false)?;
+    let recording = measure(Nic::Tap, true)?;
+    let xdp = measure(Nic::Xdp, false)?;
 
     println!();
-    println!("| metric | no log | recording | ratio |");
-    println!("|---|---:|---:|---:|");
+    println!("| metric | TAP | TAP + recording | AF_XDP | recording / TAP | AF_XDP / TAP |");
+    println!("|---|---:|---:|---:|---:|---:|");
     for pipeline in [1, 16] {
         for test in ["SET", "GET"] {
-            let (a, b) = (plain.rate(test, pipeline), recording.rate(test, pipeline));
+            let (a, b, c) = (
+                tap.rate(test, pipeline),
+                recording.rate(test, pipeline),
+                xdp.rate(test, pipeline),
+            );
             println!(
-                "| redis-benchmark {test} -P {pipeline} (req/s) | {a:.0} | {b:.0} | {:.2} |",
-                b / a
+                "| redis-benchmark {test} -P {pipeline} (req/s) | {a:.0} | {b:.0} | {c:.0} | {:.2} | {:.2} |",
+                b / a,
+                c / a
             );
         }
     }
     let exits = |r: &Run| r.summary.number("exits") as f64 / r.elapsed_s;
     println!(
-        "| guest exits/s (during the load) | {:.0} | {:.0} | {:.2} |",
-        exits(&plain),
+        "| guest exits/s (during the load) | {:.0} | {:.0} | {:.0} | | |",
+        exits(&tap),
         exits(&recording),
-        exits(&recording) / exits(&plain)
+        exits(&xdp)
     );
     let log_bytes = recording.summary.number("log_bytes") as f64;
     println!(
-        "| log bytes per request | | {:.1} | |",
+        "| log bytes per request | | {:.1} | | | |",
         log_bytes / recording.requests as f64
     );
     println!(
-        "| log bandwidth (Mbit/s) | | {:.2} | |",
+        "| log bandwidth (Mbit/s) | | {:.2} | | | |",
         log_bytes * 8.0 / recording.elapsed_s / 1e6
     );
     Ok(())
 }
 
-fn measure(record: bool) -> Result<Run> {
+#[derive(Clone, Copy, Debug)]
+enum Nic {
+    Tap,
+    Xdp,
+}
+
+fn measure(nic: Nic, record: bool) -> Result<Run> {
     let scratch = ScratchDir::new("bench");
     let log = scratch.path().join("bench.ftlog");
     let extra: Vec<&OsStr> = if record {
@@ -90,13 +103,16 @@ fn measure(record: bool) -> Result<Run> {
     } else {
         vec![]
     };
-    let guest = GuestOnTap::start("bench", &extra)?;
+    let guest = match nic {
+        Nic::Tap => Guest::on_tap("bench", &extra)?,
+        Nic::Xdp => Guest::behind_xdp("bench", &extra)?,
+    };
     let start = Instant::now();
     let mut rates = Vec::new();
     let mut total = 0u64;
     for pipeline in [1u32, 16] {
         let n = requests(pipeline);
-        let mut cmd = guest.ns.command("redis-benchmark");
+        let mut cmd = guest.client.command("redis-benchmark");
         cmd.args([
             "-h", GUEST_IP, "-p", "6379", "-c", CLIENTS, "-t", "set,get", "-q",
         ])
@@ -110,10 +126,7 @@ fn measure(record: bool) -> Result<Run> {
     }
     let elapsed_s = start.elapsed().as_secs_f64();
     let summary = guest.stop()?;
-    eprintln!(
-        "xtask: {} run: {summary:?}",
-        if record { "recording" } else { "plain" }
-    );
+    eprintln!("xtask: {nic:?} run (recording: {record}): {summary:?}");
     Ok(Run {
         rates,
         summary,
@@ -125,7 +138,12 @@ fn measure(record: bool) -> Result<Run> {
 /// Reads `SET: 12345.67 requests per second` from redis-benchmark -q.
 fn parse_rate(output: &str, test: &str) -> Result<f64> {
     let prefix = format!("{test}: ");
-    for line in output.split(['\n', '\r']) {
+    // Progress lines (`SET: rps=...`) share the prefix; the result line
+    // is the one that says "requests per second".
+    for line in output
+        .split(['\n', '\r'])
+        .filter(|l| l.contains("requests per second"))
+    {
         if let Some(rest) = line.trim().strip_prefix(&prefix) {
             if let Some(number) = rest.split_whitespace().next() {
                 return number.parse().with_context(|| format!("rate in {line:?}"));

@@ -5,7 +5,7 @@ use anyhow::Result;
 use std::process::Command;
 
 /// Debian packages the end-to-end tests drive: real clients and tools.
-pub const TEST_PACKAGES: &[&str] = &["redis-tools", "iproute2", "iputils-ping"];
+pub const TEST_PACKAGES: &[&str] = &["redis-tools", "iproute2", "iputils-ping", "ethtool"];
 
 pub fn test() -> Result<()> {
     ensure_apt_packages(TEST_PACKAGES)?;

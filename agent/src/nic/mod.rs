@@ -4,6 +4,7 @@
 //! the vCPU's input queue, and a transmit half used for released output.
 
 pub mod tap;
+pub mod xdp;
 
 use std::io;
 use std::time::Duration;

@@ -239,7 +239,8 @@ mod tests {
         let frame_len = (good.len() - header_len) / 3;
         for len in 0..good.len() {
             std::fs::write(&path, &good[..len]).unwrap();
-            let at_frame_boundary = len >= header_len && (len - header_len).is_multiple_of(frame_len);
+            let at_frame_boundary =
+                len >= header_len && (len - header_len).is_multiple_of(frame_len);
             if !at_frame_boundary {
                 let err = read_all(&path).unwrap_err();
                 assert!(

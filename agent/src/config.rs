@@ -1,8 +1,83 @@
-//! Parsing of the guest's network identity from the command line.
+//! Command-line configuration shared by `agent` and `backup-agent`: the
+//! guest, its network identity, the NIC, and the replication settings.
 
 use anyhow::{bail, Context, Result};
 use ftlog::GuestConfig;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The guest and how it reaches the network.
+#[derive(clap::Args, Clone, Debug)]
+pub struct GuestArgs {
+    /// Guest ELF image.
+    #[arg(long)]
+    pub guest: PathBuf,
+    /// TAP device to serve the guest's network through (created if missing).
+    #[arg(long, conflicts_with = "xdp", required_unless_present = "xdp")]
+    pub tap: Option<String>,
+    /// Host NIC to serve the guest through with XDP and AF_XDP: the
+    /// service's frames are steered to the guest, the rest pass to the host.
+    #[arg(long)]
+    pub xdp: Option<String>,
+    /// The guest's (service) address with prefix length, e.g. 198.18.0.2/24.
+    #[arg(long)]
+    pub ip: String,
+    /// The guest's (service) MAC address.
+    #[arg(long)]
+    pub mac: String,
+    /// Default gateway for the guest.
+    #[arg(long)]
+    pub gateway: Option<Ipv4Addr>,
+    /// Write this node's state as JSON to this file every 200 ms.
+    #[arg(long)]
+    pub status: Option<PathBuf>,
+}
+
+impl GuestArgs {
+    pub fn guest_config(&self) -> Result<GuestConfig> {
+        guest_config(&self.mac, &self.ip, self.gateway)
+    }
+
+    pub fn nic_name(&self) -> &str {
+        self.tap
+            .as_deref()
+            .or(self.xdp.as_deref())
+            .unwrap_or_default()
+    }
+}
+
+/// How this node takes part in replication.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ReplicationArgs {
+    /// The arbiter (test-and-set service) that decides who may serve.
+    #[arg(long)]
+    pub arbiter: SocketAddr,
+    /// This node's name at the arbiter.
+    #[arg(long)]
+    pub node: String,
+    /// Heartbeat interval on the log channel.
+    #[arg(long, default_value_t = 50)]
+    pub heartbeat_ms: u64,
+    /// A peer silent for this long is lost.
+    #[arg(long, default_value_t = 500)]
+    pub silence_ms: u64,
+}
+
+impl ReplicationArgs {
+    pub fn channel_config(&self) -> logchannel::Config {
+        logchannel::Config {
+            heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
+            silence_timeout: Duration::from_millis(self.silence_ms),
+            ..logchannel::Config::default()
+        }
+    }
+}
+
+/// What the log channel handshake compares besides the image.
+pub fn config_hash(config: &GuestConfig) -> [u8; 32] {
+    *blake3::hash(&config.encode()).as_bytes()
+}
 
 pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
     let parts: Vec<&str> = text.split(':').collect();

@@ -1,9 +1,6 @@
 //! `agent`: runs the guest on the primary and records its inputs, or
 //! replays a recorded log.
 
-mod config;
-mod nic;
-mod pcap;
 mod replay;
 mod run;
 
@@ -19,22 +16,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the guest, serving its network through a NIC backend.
-    Run(run::RunArgs),
+    /// Run the guest, serving its network through a NIC backend; with
+    /// --backup, as the FT primary.
+    Run(Box<run::RunArgs>),
     /// Replay a recorded log in a fresh VM and check it step by step.
     Replay(replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    agent::node::init_logging();
     let result = match Cli::parse().command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Replay(args) => replay::replay(args),
     };
     match result {

@@ -1,12 +1,13 @@
 //! `agent replay`: applies a recorded log to a fresh VM and checks it.
 
-use crate::pcap::PcapWriter;
+use agent::pcap::PcapWriter;
 use anyhow::{bail, Context, Result};
 use ftlog::LogReader;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vmm::replay::hex;
-use vmm::{GuestImage, Machine, ReplayError, Replayer};
+use vmm::replay::ReplayedOutput;
+use vmm::{GuestImage, Machine, ReplayEnd, ReplayError, Replayer};
 
 /// Exit code for a divergence, distinct from other failures.
 const EXIT_DIVERGENCE: u8 = 2;
@@ -45,9 +46,9 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
         .transpose()
         .context("create pcap")?;
     let mut pcap_error = None;
-    let mut on_output = |frame: &[u8], clock_ns: u64| {
+    let mut on_output = |output: ReplayedOutput| {
         if let Some(pcap) = &mut pcap {
-            if let Err(e) = pcap.write(frame, clock_ns) {
+            if let Err(e) = pcap.write(output.frame, output.clock_ns) {
                 pcap_error.get_or_insert(e);
             }
         }
@@ -60,7 +61,11 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
         pcap.flush()?;
     }
     match result {
-        Ok(summary) => {
+        Ok(ReplayEnd::LogEnded(handover)) => bail!(
+            "the log ends at exit {} without a halt record (the recording was cut short)",
+            handover.position().exit
+        ),
+        Ok(ReplayEnd::Halted(summary)) => {
             println!(
                 "state_hash={} exits={} entries={} outputs={} guest_exit_code={}",
                 hex(&summary.state_hash),

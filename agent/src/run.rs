@@ -1,118 +1,81 @@
-//! `agent run`: the primary's main loop.
-//!
-//! Threads: the vCPU runs on the main thread inside the [`Recorder`]; a
-//! receive thread moves frames from the NIC into the vCPU's bounded input
-//! queue (dropping, and counting, when the guest falls behind); a signal
-//! thread turns SIGINT/SIGTERM into a stop at the next exit. Signals are
-//! blocked everywhere else, so `KVM_RUN` is never interrupted by them.
+//! `agent run`: the primary. Alone, it runs the guest and releases output at
+//! once; with `--backup` it is the FT primary: it claims the arbiter, sends
+//! the log to the backup and holds each output until the backup has it.
 
-use crate::config::guest_config;
-use crate::nic::{self, NicRx, NicTx};
-use crate::pcap::PcapWriter;
-use anyhow::{Context, Result};
-use ftlog::{Entry, LogHeader, LogWriter};
-use nix::sys::signal::{SigSet, Signal};
-use std::net::Ipv4Addr;
+use agent::arbitration::Arbitration;
+use agent::config::{config_hash, GuestArgs, ReplicationArgs};
+use agent::node::{print_summary, Node, NodeLog, ReleaseNow};
+use agent::pcap::PcapWriter;
+use agent::replication::{OutputGate, Releaser, ReleaserEnd, Replication};
+use agent::status::{Role, Status};
+use anyhow::{bail, Context, Result};
+use arbiter::ClaimOutcome;
+use ftlog::{LogHeader, LogWriter};
+use logchannel::{Hello, LinkError, PrimaryLink};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
-use vmm::{GuestClock, GuestImage, Input, LogSink, Machine, OutputSink, Recorder};
+use std::time::{Duration, Instant};
+use vmm::{GuestClock, GuestImage, Machine, Recorder};
+
+/// Exit code of a primary that the arbiter told to stop serving.
+const EXIT_HALTED: u8 = 4;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Guest ELF image.
-    #[arg(long)]
-    guest: PathBuf,
-    /// TAP device to serve the guest's network through (created if missing).
-    #[arg(long, conflicts_with = "xdp", required_unless_present = "xdp")]
-    tap: Option<String>,
-    /// Host NIC to serve the guest through with XDP and AF_XDP: the
-    /// service's frames are steered to the guest, the rest pass to the host.
-    #[arg(long)]
-    xdp: Option<String>,
-    /// The guest's (service) address with prefix length, e.g. 198.18.0.2/24.
-    #[arg(long)]
-    ip: String,
-    /// The guest's (service) MAC address.
-    #[arg(long)]
-    mac: String,
-    /// Default gateway for the guest.
-    #[arg(long)]
-    gateway: Option<Ipv4Addr>,
+    #[command(flatten)]
+    guest: GuestArgs,
     /// Record the log to this file (replay it with `agent replay`).
     #[arg(long)]
     record: Option<PathBuf>,
-    /// Also write every output frame to this pcap file.
+    /// Also write every released output frame to this pcap file.
     #[arg(long)]
     pcap: Option<PathBuf>,
-    /// Frames that may wait for the guest before new ones are dropped.
-    #[arg(long, default_value_t = 4096)]
-    rx_queue: usize,
-}
-
-struct FileLog(LogWriter);
-
-impl LogSink for FileLog {
-    fn append(&mut self, entry: Entry) -> std::io::Result<()> {
-        self.0.append(&entry).map_err(std::io::Error::other)
-    }
-}
-
-struct NoLog;
-
-impl LogSink for NoLog {
-    fn append(&mut self, _: Entry) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// With no backup there is nobody to wait for: output leaves at once.
-struct ReleaseNow {
-    nic: Box<dyn NicTx>,
-    pcap: Option<PcapWriter>,
-    send_errors: u64,
-}
-
-impl OutputSink for ReleaseNow {
-    fn output(&mut self, frame: Vec<u8>, _seq: u64, clock_ns: u64) -> std::io::Result<()> {
-        if let Some(pcap) = &mut self.pcap {
-            pcap.write(&frame, clock_ns)?;
-        }
-        // A frame the NIC refuses is a lost packet, which TCP recovers from.
-        if let Err(e) = self.nic.send(&frame) {
-            self.send_errors += 1;
-            tracing::debug!("NIC send failed: {e}");
-        }
-        Ok(())
-    }
+    /// The backup's log channel address: run as the FT primary.
+    #[arg(long, requires = "arbiter")]
+    backup: Option<SocketAddr>,
+    #[command(flatten)]
+    replication: Option<ReplicationArgs>,
+    /// How long to keep trying to reach the backup at start.
+    #[arg(long, default_value_t = 30)]
+    connect_timeout_s: u64,
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
-    // Before any thread exists (the NIC backends start their own), so that
-    // every thread inherits the mask and only the signal thread sees them.
-    let stop_signals = block_stop_signals()?;
-    let config = guest_config(&args.mac, &args.ip, args.gateway)?;
-    let image = GuestImage::from_file(&args.guest)?;
+    let config = args.guest.guest_config()?;
+    let image = GuestImage::from_file(&args.guest.guest)?;
+    let replicated = args.backup.zip(args.replication.clone());
+    // Not serving until the arbiter agrees (FT), at once otherwise.
+    let first_role = if replicated.is_some() {
+        xdpnet::Role::Backup
+    } else {
+        xdpnet::Role::Primary
+    };
+    let mut node = Node::start(&args.guest, &config, first_role)?;
+    let name = args
+        .replication
+        .as_ref()
+        .map_or("primary", |r| r.node.as_str());
+    let status = Status::new(name);
+    if let Some(path) = &args.guest.status {
+        status.spawn_writer(path.clone());
+    }
     let machine = Machine::new(&image, &config).context("create the VM")?;
-    let (nic_rx, nic_tx, xdp_control) = open_nic(&args, &config)?;
-
-    let mut log: Box<dyn LogSink> = match &args.record {
-        Some(path) => {
+    let file = args
+        .record
+        .as_ref()
+        .map(|path| {
             let header = LogHeader {
                 image_hash: image.hash(),
                 config,
             };
-            let writer = LogWriter::create(path, &header)
-                .with_context(|| format!("create {}", path.display()))?;
-            Box::new(FileLog(writer))
-        }
-        None => Box::new(NoLog),
-    };
-    let mut output = ReleaseNow {
-        nic: nic_tx,
+            LogWriter::create(path, &header).with_context(|| format!("create {}", path.display()))
+        })
+        .transpose()?;
+    let mut out = ReleaseNow {
+        nic: node.take_tx(),
         pcap: args
             .pcap
             .as_deref()
@@ -120,127 +83,143 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             .transpose()
             .context("create pcap")?,
         send_errors: 0,
+        status: status.clone(),
     };
 
-    let (inputs_tx, inputs_rx) = sync_channel(args.rx_queue);
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let queue_drops = Arc::new(AtomicU64::new(0));
-    let rx_thread = spawn_rx_thread(
-        nic_rx,
-        inputs_tx.clone(),
-        shutdown.clone(),
-        queue_drops.clone(),
-    );
-    spawn_signal_thread(stop_signals, inputs_tx);
+    let Some((backup, replication_args)) = replicated else {
+        out.nic.announce().context("announce the service address")?;
+        status.set_role(Role::PrimaryAlone);
+        node.start_receiving();
+        tracing::info!(guest = %args.guest.guest.display(), nic = args.guest.nic_name(), ip = %args.guest.ip, "guest running");
+        let recorder = Recorder::new(machine, node.take_inputs(), GuestClock::starting_at(0));
+        let mut log = NodeLog {
+            file,
+            link: None,
+            status: status.clone(),
+        };
+        let result = recorder.run(&mut log, &mut out);
+        let log_bytes = log
+            .file
+            .as_mut()
+            .map_or(Ok(0), |f| f.sync().map(|()| f.bytes_written()))?;
+        let drops = node.finish();
+        let summary = result?;
+        status.set_role(Role::Stopped);
+        print_summary(&summary, drops, out.send_errors, log_bytes);
+        return Ok(guest_exit(summary.guest_exit_code));
+    };
 
-    tracing::info!(
-        guest = %args.guest.display(),
-        nic = args.tap.as_deref().or(args.xdp.as_deref()).unwrap_or_default(),
-        ip = %args.ip,
-        mac = %args.mac,
-        "guest running"
-    );
-    let recorder = Recorder::new(machine, inputs_rx, GuestClock::starting_at(0));
-    let result = recorder.run(log.as_mut(), &mut output);
-    shutdown.store(true, Ordering::Relaxed);
-    let _ = rx_thread.join();
-    drop(log);
-    if let Some(pcap) = &mut output.pcap {
-        pcap.flush()?;
-    }
-    if let Some(control) = xdp_control {
-        if let Ok(counters) = control.counters() {
-            tracing::info!(?counters, "XDP datapath");
+    let arbitration = Arbitration::new(replication_args.arbiter, &replication_args.node)?;
+    let current = arbitration.current_generation()?;
+    let generation = match arbitration.claim(current, &node.stop)? {
+        ClaimOutcome::Granted { generation } => generation,
+        ClaimOutcome::Denied { generation, owner } => {
+            bail!(
+                "the arbiter gave generation {generation} to {owner:?}: another primary is active"
+            )
         }
-        control.detach();
-    }
-    let summary = result?;
-    let log_bytes = args
-        .record
-        .as_ref()
-        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .unwrap_or(0);
-    println!(
-        "state_hash={} exits={} entries={} outputs={} rx_frames={} dropped_frames={} send_errors={} log_bytes={}",
-        vmm::replay::hex(&summary.state_hash),
-        summary.exits,
-        summary.entries,
-        summary.outputs,
-        summary.rx_frames,
-        summary.dropped_frames + queue_drops.load(Ordering::Relaxed),
-        output.send_errors,
-        log_bytes,
+    };
+    status.generation.store(generation, Ordering::Relaxed);
+    let hello = Hello::new(
+        image.hash(),
+        config_hash(&config),
+        &replication_args.node,
+        generation,
     );
-    match summary.guest_exit_code {
-        None | Some(0) => Ok(ExitCode::SUCCESS),
+    let link = connect_backup(
+        backup,
+        &hello,
+        &replication_args,
+        Duration::from_secs(args.connect_timeout_s),
+    )?;
+    let replication = Replication::new(link);
+
+    // The backup is there and the arbiter agrees: take the service address.
+    if let Some(xdp) = &node.xdp {
+        xdp.set_role(xdpnet::Role::Primary)
+            .context("take the service role")?;
+    }
+    out.nic.announce().context("announce the service address")?;
+    status.set_role(Role::Primary);
+    let gate = OutputGate::default();
+    let releaser = Releaser {
+        gate: gate.clone(),
+        replication: replication.clone(),
+        out,
+        arbitration,
+        generation,
+        silence: Duration::from_millis(replication_args.silence_ms),
+        status: status.clone(),
+        vcpu: node.input_sender(),
+        xdp: node.xdp.clone(),
+        stop: node.stop.clone(),
+    }
+    .spawn();
+
+    node.start_receiving();
+    tracing::info!(generation, %backup, "guest running as the FT primary");
+    let recorder = Recorder::new(machine, node.take_inputs(), GuestClock::starting_at(0));
+    let mut log = NodeLog {
+        file,
+        link: Some(replication.clone()),
+        status: status.clone(),
+    };
+    let result = recorder.run(&mut log, &mut gate.clone());
+    gate.close();
+    let (end, out) = releaser.join().expect("releaser thread");
+    let log_bytes = log
+        .file
+        .as_mut()
+        .map_or(Ok(0), |f| f.sync().map(|()| f.bytes_written()))?;
+    drop(log);
+    if let Ok(replication) = Arc::try_unwrap(replication) {
+        replication.close();
+    }
+    let drops = node.finish();
+    let summary = result?;
+    if let ReleaserEnd::Halted { generation, owner } = end {
+        status.set_role(Role::Halted);
+        eprintln!("agent: halted: the arbiter gave generation {generation} to {owner:?}; nothing more was released");
+        return Ok(ExitCode::from(EXIT_HALTED));
+    }
+    status.set_role(Role::Stopped);
+    print_summary(&summary, drops, out.send_errors, log_bytes);
+    Ok(guest_exit(summary.guest_exit_code))
+}
+
+/// Connects to the backup, retrying while it is not up yet; a backup that
+/// refuses us (different image or configuration) is a final error.
+fn connect_backup(
+    addr: SocketAddr,
+    hello: &Hello,
+    args: &ReplicationArgs,
+    limit: Duration,
+) -> Result<PrimaryLink> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match PrimaryLink::connect(addr, hello.clone(), args.channel_config()) {
+            Ok(link) => return Ok(link),
+            Err(e @ (LinkError::HandshakeRefused(_) | LinkError::Incompatible(_))) => {
+                return Err(e).context("the backup refused the log channel")
+            }
+            Err(e) if Instant::now() < deadline => {
+                tracing::info!("waiting for the backup at {addr}: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e).with_context(|| format!("reach the backup at {addr}")),
+        }
+    }
+}
+
+fn guest_exit(code: Option<u32>) -> ExitCode {
+    match code {
+        None | Some(0) => ExitCode::SUCCESS,
         Some(code) => {
             tracing::error!(
                 code,
                 "the guest halted with an error (see its console lines above)"
             );
-            Ok(ExitCode::from(3))
+            ExitCode::from(3)
         }
     }
-}
-
-type Nic = (Box<dyn NicRx>, Box<dyn NicTx>, Option<xdpnet::PortControl>);
-
-/// Opens the chosen backend. With XDP this host takes the service address
-/// at once (it is the only node) and announces it with a gratuitous ARP.
-fn open_nic(args: &RunArgs, config: &ftlog::GuestConfig) -> Result<Nic> {
-    if let Some(iface) = &args.xdp {
-        let port =
-            xdpnet::XdpPort::open(iface, config.mac, config.ipv4.into(), xdpnet::Role::Primary)
-                .with_context(|| format!("attach XDP to {iface}"))?;
-        tracing::info!(iface, mode = ?port.attach_mode(), queues = port.queues(), "XDP datapath attached");
-        let control = port.control();
-        let (rx, mut tx) = port.split();
-        tx.send_gratuitous_arp()
-            .context("announce the service address")?;
-        return Ok((Box::new(rx), Box::new(tx), Some(control)));
-    }
-    let tap = args.tap.as_deref().expect("clap requires --tap or --xdp");
-    let (rx, tx) = nic::tap::open(tap).with_context(|| format!("open TAP {tap}"))?;
-    Ok((Box::new(rx), Box::new(tx), None))
-}
-
-/// Blocks SIGINT and SIGTERM in this thread and every thread it spawns
-/// from now on; returns the set for the signal thread to wait on.
-fn block_stop_signals() -> Result<SigSet> {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set.thread_block().context("block signals")?;
-    Ok(set)
-}
-
-fn spawn_signal_thread(set: SigSet, inputs: SyncSender<Input>) {
-    std::thread::spawn(move || {
-        if let Ok(signal) = set.wait() {
-            tracing::info!(?signal, "stopping at the next exit");
-            let _ = inputs.send(Input::Stop);
-        }
-    });
-}
-
-fn spawn_rx_thread(
-    mut nic: Box<dyn NicRx>,
-    inputs: SyncSender<Input>,
-    shutdown: Arc<AtomicBool>,
-    drops: Arc<AtomicU64>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        while !shutdown.load(Ordering::Relaxed) {
-            let mut deliver = |frame: &[u8]| match inputs.try_send(Input::Frame(frame.to_vec())) {
-                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-                Err(TrySendError::Full(_)) => {
-                    drops.fetch_add(1, Ordering::Relaxed);
-                }
-            };
-            if let Err(e) = nic.recv(Duration::from_millis(100), &mut deliver) {
-                tracing::error!("NIC receive failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    })
 }

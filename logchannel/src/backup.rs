@@ -147,6 +147,10 @@ impl BackupListener {
         let delivery = match self.events.try_recv() {
             Ok(delivery) => delivery,
             Err(TryRecvError::Disconnected) => return Err(LinkError::Closed),
+            // A zero timeout must not reach tokio's timer: it rounds up to
+            // the next millisecond tick, which costs a replaying backup ~2 ms
+            // per call (measured).
+            Err(TryRecvError::Empty) if timeout.is_zero() => return Ok(None),
             Err(TryRecvError::Empty) => {
                 let events = &mut self.events;
                 let received = self

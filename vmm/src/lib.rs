@@ -6,14 +6,17 @@
 //! - [`exchange`]: reads the guest's request and writes the delivered inputs.
 //! - [`record`]: the primary's engine: chooses inputs at exits and logs them.
 //! - [`replay`]: applies a log at the same positions and checks outputs.
+//! - [`handover`]: a replaying VM whose log ended, taken over by a recorder.
 
 pub mod exchange;
+pub mod handover;
 pub mod loader;
 pub mod machine;
 pub mod record;
 pub mod replay;
 
+pub use handover::Handover;
 pub use loader::{GuestImage, LoadError};
 pub use machine::{GuestExit, Machine, MachineError};
 pub use record::{GuestClock, Input, LogSink, OutputSink, Recorder, RunSummary};
-pub use replay::{Divergence, EntrySource, ReplayError, ReplaySummary, Replayer};
+pub use replay::{Divergence, EntrySource, ReplayEnd, ReplayError, ReplaySummary, Replayer};

@@ -11,7 +11,8 @@
 //! 4. log and deliver them: rx frames, the clock (when it moved by at least
 //!    [`CLOCK_GRANULARITY_NS`] or the guest's deadline passed), entropy.
 
-use crate::exchange::{self, Delivery};
+use crate::exchange::{self, Delivery, Request};
+use crate::handover::Handover;
 use crate::machine::{GuestExit, Machine, MachineError};
 use ftlog::{Entry, Payload, Position};
 use guest_abi as abi;
@@ -65,6 +66,19 @@ pub struct RunSummary {
     pub guest_exit_code: Option<u32>,
 }
 
+/// An exchange exit being handled.
+struct PendingExit {
+    position: Position,
+    request: Request,
+    /// Inputs already chosen for this exit (by the log a replay followed).
+    carried: Vec<Payload>,
+}
+
+enum NextExit {
+    Exchange(PendingExit),
+    Halt(Position, u32),
+}
+
 /// The guest clock: nanoseconds since boot, from the host's monotonic clock.
 pub struct GuestClock {
     anchor: Instant,
@@ -93,6 +107,8 @@ impl GuestClock {
 
 pub struct Recorder {
     machine: Machine,
+    /// An exit taken over from a replay, to be finished before running on.
+    pending: Option<PendingExit>,
     inputs: Receiver<Input>,
     clock: GuestClock,
     delivered_clock_ns: u64,
@@ -108,6 +124,7 @@ impl Recorder {
     pub fn new(machine: Machine, inputs: Receiver<Input>, clock: GuestClock) -> Self {
         Recorder {
             machine,
+            pending: None,
             inputs,
             delivered_clock_ns: clock.now_ns(),
             clock,
@@ -150,6 +167,31 @@ impl Recorder {
         Ok(seq)
     }
 
+    /// Takes over a VM whose replay reached the end of its log (a backup
+    /// going live): the exit where the log ended is finished first, with the
+    /// inputs of that exit that did arrive, then the guest runs on. The guest
+    /// clock continues from the last value it was given.
+    pub fn resume(handover: Handover, inputs: Receiver<Input>) -> Self {
+        let clock = GuestClock::starting_at(handover.clock_ns);
+        Recorder {
+            machine: handover.machine,
+            pending: Some(PendingExit {
+                position: handover.position,
+                request: handover.request,
+                carried: handover.inputs,
+            }),
+            inputs,
+            delivered_clock_ns: handover.clock_ns,
+            clock,
+            next_seq: handover.next_seq,
+            exits: handover.position.exit + 1,
+            stopping: false,
+            outputs: 0,
+            rx_frames: 0,
+            dropped_frames: 0,
+        }
+    }
+
     /// Runs the guest to its next exit and handles it; returns the summary
     /// once the run has ended.
     pub fn step(
@@ -157,19 +199,20 @@ impl Recorder {
         log: &mut dyn LogSink,
         out: &mut dyn OutputSink,
     ) -> Result<Option<RunSummary>, RecordError> {
-        let exit = self.machine.run_to_exit()?;
-        let exit_index = self.exits;
-        self.exits += 1;
-        let position = Position {
-            exit: exit_index,
-            rip: self.machine.rip()?,
+        let PendingExit {
+            position,
+            request,
+            carried,
+        } = match self.pending.take() {
+            Some(pending) => pending,
+            None => match self.next_exchange()? {
+                NextExit::Exchange(pending) => pending,
+                NextExit::Halt(position, code) => {
+                    return self.finish(log, position, Some(code)).map(Some);
+                }
+            },
         };
-        if let GuestExit::Halt(code) = exit {
-            log_console(&exchange::take_console(self.machine.memory())?, false);
-            return self.finish(log, position, Some(code)).map(Some);
-        }
 
-        let request = exchange::take_request(self.machine.memory(), || position.rip)?;
         log_console(&request.console, false);
         for frame in request.tx_frames {
             let payload = Payload::Output {
@@ -182,7 +225,17 @@ impl Recorder {
                 .map_err(RecordError::Output)?;
         }
 
+        // Inputs of this exit a replay already received come first.
         let mut frames = Vec::new();
+        let (mut carried_clock, mut carried_entropy) = (None, None);
+        for payload in carried {
+            match payload {
+                Payload::RxFrame(frame) => frames.push(frame),
+                Payload::Clock(ns) => carried_clock = Some(ns),
+                Payload::Entropy(bytes) => carried_entropy = Some(bytes),
+                Payload::Output { .. } | Payload::Halt { .. } => {}
+            }
+        }
         self.take_pending(&mut frames);
         let waits = request.wait_until_ns > self.delivered_clock_ns;
         if frames.is_empty() && waits && !self.stopping {
@@ -194,14 +247,22 @@ impl Recorder {
             return self.finish(log, position, None).map(Some);
         }
 
-        let now = self.clock.now_ns().max(self.delivered_clock_ns);
+        let now = self
+            .clock
+            .now_ns()
+            .max(self.delivered_clock_ns)
+            .max(carried_clock.unwrap_or(0));
         let timer_fired = waits && now >= request.wait_until_ns;
-        let clock_ns =
-            (timer_fired || now >= self.delivered_clock_ns + CLOCK_GRANULARITY_NS).then_some(now);
+        let clock_ns = (carried_clock.is_some()
+            || timer_fired
+            || now >= self.delivered_clock_ns + CLOCK_GRANULARITY_NS)
+            .then_some(now);
         let entropy = request.wants_entropy.then(|| {
-            let mut bytes = [0u8; 32];
-            getrandom::fill(&mut bytes).expect("the kernel's random source is available");
-            bytes
+            carried_entropy.unwrap_or_else(|| {
+                let mut bytes = [0u8; 32];
+                getrandom::fill(&mut bytes).expect("the kernel's random source is available");
+                bytes
+            })
         });
 
         for frame in &frames {
@@ -222,6 +283,26 @@ impl Recorder {
         };
         exchange::deliver(self.machine.memory(), &delivery)?;
         Ok(None)
+    }
+
+    /// Runs to the next guest-initiated exit and reads the guest's request.
+    fn next_exchange(&mut self) -> Result<NextExit, RecordError> {
+        let exit = self.machine.run_to_exit()?;
+        let position = Position {
+            exit: self.exits,
+            rip: self.machine.rip()?,
+        };
+        self.exits += 1;
+        if let GuestExit::Halt(code) = exit {
+            log_console(&exchange::take_console(self.machine.memory())?, false);
+            return Ok(NextExit::Halt(position, code));
+        }
+        let request = exchange::take_request(self.machine.memory(), || position.rip)?;
+        Ok(NextExit::Exchange(PendingExit {
+            position,
+            request,
+            carried: Vec::new(),
+        }))
     }
 
     /// Moves pending inputs into `frames`, at most one exchange's worth.

@@ -6,16 +6,20 @@
 //! else is a [`Divergence`] naming the exit. A `Halt` entry ends the replay
 //! and its state hash must match.
 
-use crate::exchange::{self, Delivery};
+use crate::exchange::{self, Delivery, Request};
+use crate::handover::Handover;
 use crate::machine::{GuestExit, Machine, MachineError};
 use crate::record::{log_console, output_digest};
-use ftlog::{Entry, LogError, Payload};
+use ftlog::{Entry, LogError, Payload, Position};
 use guest_abi as abi;
 
 /// Where the entries come from: a file, or the log channel (which blocks
-/// until the next entry arrives).
+/// until the next entry arrives, and ends when the primary is lost).
 pub trait EntrySource {
     fn next_entry(&mut self) -> Result<Option<Entry>, LogError>;
+
+    /// Every entry up to `seq` has been applied (called after each exit).
+    fn applied(&mut self, _seq: u64) {}
 }
 
 impl EntrySource for ftlog::LogReader {
@@ -68,6 +72,23 @@ pub struct ReplaySummary {
     pub guest_exit_code: Option<u32>,
 }
 
+/// Where a replay stopped.
+pub enum ReplayEnd {
+    /// The log's `Halt` was reached and matched.
+    Halted(ReplaySummary),
+    /// The log ended (the source returned `None`) before a `Halt`: the VM
+    /// can be taken over by a recorder at that exit.
+    LogEnded(Handover),
+}
+
+/// A replayed output that matched the log: its frame, the entry that
+/// recorded it, and the guest clock then.
+pub struct ReplayedOutput<'a> {
+    pub frame: &'a [u8],
+    pub seq: u64,
+    pub clock_ns: u64,
+}
+
 pub struct Replayer {
     machine: Machine,
     peeked: Option<Entry>,
@@ -75,6 +96,31 @@ pub struct Replayer {
     entries: u64,
     outputs: u64,
     clock_ns: u64,
+    /// The next sequence number expected (one past the last applied).
+    next_seq: u64,
+}
+
+/// What the log says next, from the point of view of exit `exit`.
+enum Next {
+    /// An entry for this exit.
+    Entry(Entry),
+    /// The next entry is for a later exit: this one is complete.
+    LaterExit,
+    /// The log has ended.
+    End,
+}
+
+enum Step {
+    Continue,
+    Halted(ReplaySummary),
+    Ended(EndedAt),
+}
+
+/// An exit cut short by the end of the log.
+struct EndedAt {
+    position: Position,
+    request: Request,
+    inputs: Vec<Payload>,
 }
 
 impl Replayer {
@@ -86,44 +132,51 @@ impl Replayer {
             entries: 0,
             outputs: 0,
             clock_ns: 0,
+            next_seq: 0,
         }
     }
 
-    /// Replays until the log's `Halt`; every output frame the guest
-    /// produces (and that matched the log) is passed to `on_output` with the
-    /// guest clock at that moment.
+    /// Replays until the log's `Halt` or its end; every output frame the
+    /// guest produces (and that matched the log) is passed to `on_output`.
     pub fn run(
         mut self,
         source: &mut dyn EntrySource,
-        on_output: &mut dyn FnMut(&[u8], u64),
-    ) -> Result<ReplaySummary, ReplayError> {
+        on_output: &mut dyn FnMut(ReplayedOutput),
+    ) -> Result<ReplayEnd, ReplayError> {
         loop {
-            if let Some(summary) = self.step(source, on_output)? {
-                return Ok(summary);
+            match self.step(source, on_output)? {
+                Step::Continue => {}
+                Step::Halted(summary) => return Ok(ReplayEnd::Halted(summary)),
+                Step::Ended(ended) => {
+                    return Ok(ReplayEnd::LogEnded(Handover {
+                        machine: self.machine,
+                        position: ended.position,
+                        request: ended.request,
+                        inputs: ended.inputs,
+                        clock_ns: self.clock_ns,
+                        next_seq: self.next_seq,
+                    }))
+                }
             }
         }
     }
 
-    /// The next entry if it belongs to exit `exit`.
-    fn next_at(
-        &mut self,
-        source: &mut dyn EntrySource,
-        exit: u64,
-    ) -> Result<Option<Entry>, ReplayError> {
+    fn next_at(&mut self, source: &mut dyn EntrySource, exit: u64) -> Result<Next, ReplayError> {
         if self.peeked.is_none() {
             self.peeked = source.next_entry()?;
         }
         match &self.peeked {
-            None => Err(ReplayError::LogEnded { exit }),
+            None => Ok(Next::End),
             Some(entry) if entry.position.exit == exit => {
                 self.entries += 1;
-                Ok(self.peeked.take())
+                self.next_seq = entry.seq + 1;
+                Ok(Next::Entry(self.peeked.take().expect("peeked")))
             }
             Some(entry) if entry.position.exit < exit => Err(ReplayError::Malformed(format!(
                 "entry {} is for exit {}, which the guest has already passed",
                 entry.seq, entry.position.exit
             ))),
-            Some(_) => Ok(None),
+            Some(_) => Ok(Next::LaterExit),
         }
     }
 
@@ -137,59 +190,95 @@ impl Replayer {
     }
 
     /// Runs to the next exit and applies the log there.
-    pub fn step(
+    fn step(
         &mut self,
         source: &mut dyn EntrySource,
-        on_output: &mut dyn FnMut(&[u8], u64),
-    ) -> Result<Option<ReplaySummary>, ReplayError> {
+        on_output: &mut dyn FnMut(ReplayedOutput),
+    ) -> Result<Step, ReplayError> {
         let exit_kind = self.machine.run_to_exit()?;
         let exit = self.exits;
         self.exits += 1;
         let rip = self.machine.rip()?;
+        let position = Position { exit, rip };
 
-        let request = match exit_kind {
-            GuestExit::Exchange => Some(exchange::take_request(self.machine.memory(), || rip)?),
+        let mut request = match exit_kind {
+            GuestExit::Exchange => exchange::take_request(self.machine.memory(), || rip)?,
             GuestExit::Halt(_) => {
                 log_console(&exchange::take_console(self.machine.memory())?, true);
-                None
+                Request::default()
             }
         };
-        if let Some(request) = &request {
-            log_console(&request.console, true);
-            for (index, frame) in request.tx_frames.iter().enumerate() {
-                let digest = output_digest(frame);
-                let entry = self.next_at(source, exit)?;
-                match entry {
-                    Some(Entry {
-                        payload:
-                            Payload::Output {
-                                len,
-                                digest: logged,
-                            },
-                        ..
-                    }) if len as usize == frame.len() && logged == digest => {
-                        self.outputs += 1;
-                        on_output(frame, self.clock_ns);
-                    }
-                    other => {
-                        let (seq, logged) = describe(other.as_ref());
-                        return Err(self.diverged(
-                            exit,
-                            rip,
-                            seq,
-                            format!(
-                                "the guest produced output frame {index} ({} bytes, digest {}) where the log has {logged}",
-                                frame.len(),
-                                hex(&digest)
-                            ),
-                        ));
-                    }
+        log_console(&request.console, true);
+        let tx_frames = std::mem::take(&mut request.tx_frames);
+        for (index, frame) in tx_frames.iter().enumerate() {
+            let digest = output_digest(frame);
+            let entry = match self.next_at(source, exit)? {
+                Next::End => {
+                    request.tx_frames = tx_frames[index..].to_vec();
+                    return Ok(Step::Ended(EndedAt {
+                        position,
+                        request,
+                        inputs: Vec::new(),
+                    }));
+                }
+                Next::Entry(entry) => Some(entry),
+                Next::LaterExit => None,
+            };
+            match entry {
+                Some(Entry {
+                    seq,
+                    payload:
+                        Payload::Output {
+                            len,
+                            digest: logged,
+                        },
+                    ..
+                }) if len as usize == frame.len() && logged == digest => {
+                    self.outputs += 1;
+                    on_output(ReplayedOutput {
+                        frame,
+                        seq,
+                        clock_ns: self.clock_ns,
+                    });
+                }
+                other => {
+                    let (seq, logged) = describe(other.as_ref());
+                    return Err(self.diverged(
+                        exit,
+                        rip,
+                        seq,
+                        format!(
+                            "the guest produced output frame {index} ({} bytes, digest {}) where the log has {logged}",
+                            frame.len(),
+                            hex(&digest)
+                        ),
+                    ));
                 }
             }
         }
 
+        // Matched outputs are applied: acknowledge them now rather than when
+        // the exit is known to be complete, which for a guest about to wait
+        // only happens once the primary logs something at a later exit.
+        if !tx_frames.is_empty() {
+            source.applied(self.next_seq - 1);
+        }
+
         let mut inputs = Vec::new();
-        while let Some(entry) = self.next_at(source, exit)? {
+        loop {
+            let entry = match self.next_at(source, exit)? {
+                Next::Entry(entry) => entry,
+                Next::LaterExit => break,
+                Next::End if matches!(exit_kind, GuestExit::Exchange) => {
+                    let inputs = inputs.into_iter().map(|e: Entry| e.payload).collect();
+                    return Ok(Step::Ended(EndedAt {
+                        position,
+                        request,
+                        inputs,
+                    }));
+                }
+                Next::End => return Err(ReplayError::LogEnded { exit }),
+            };
             if entry.position.rip != rip {
                 return Err(self.diverged(
                     exit,
@@ -215,7 +304,7 @@ impl Replayer {
                 } => {
                     return self
                         .finish(exit, rip, entry.seq, state_hash, guest_exit_code, exit_kind)
-                        .map(Some)
+                        .map(Step::Halted)
                 }
                 _ => inputs.push(entry),
             }
@@ -228,9 +317,11 @@ impl Replayer {
                 format!("the guest halted with code {code} but the log goes on"),
             ));
         }
-        let wants_entropy = request.as_ref().is_some_and(|r| r.wants_entropy);
-        self.deliver(exit, rip, &inputs, wants_entropy)?;
-        Ok(None)
+        self.deliver(exit, rip, &inputs, request.wants_entropy)?;
+        if self.next_seq > 0 {
+            source.applied(self.next_seq - 1);
+        }
+        Ok(Step::Continue)
     }
 
     fn deliver(

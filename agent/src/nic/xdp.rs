@@ -18,4 +18,8 @@ impl NicTx for XdpTx {
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         XdpTx::send(self, frame).map_err(io::Error::other)
     }
+
+    fn announce(&mut self) -> io::Result<()> {
+        self.send_gratuitous_arp().map_err(io::Error::other)
+    }
 }

@@ -1,0 +1,229 @@
+//! The plumbing around a running guest, shared by primary and backup.
+//!
+//! Threads: the vCPU runs on the caller's thread (in a `Recorder` or a
+//! `Replayer`); a receive thread moves frames from the NIC into the vCPU's
+//! bounded input queue (the bounce buffer: dropping, and counting, when the
+//! guest falls behind); a signal thread turns SIGINT/SIGTERM into a stop at
+//! the next exit. Signals are blocked in every other thread, so `KVM_RUN`
+//! is never interrupted by them.
+
+use crate::config::GuestArgs;
+use crate::nic::{self, NicRx, NicTx};
+use crate::pcap::PcapWriter;
+use crate::status::Status;
+use anyhow::{Context, Result};
+use ftlog::{Entry, GuestConfig, LogWriter};
+use nix::sys::signal::{SigSet, Signal};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use vmm::{Input, LogSink, OutputSink, RunSummary};
+
+/// Frames that may wait for the guest before new ones are dropped.
+const RX_QUEUE: usize = 4096;
+
+pub struct Node {
+    inputs: Option<Receiver<Input>>,
+    inputs_tx: SyncSender<Input>,
+    /// Set once a stop signal arrived.
+    pub stop: Arc<AtomicBool>,
+    nic_rx: Option<Box<dyn NicRx>>,
+    nic_tx: Option<Box<dyn NicTx>>,
+    /// The XDP datapath's role switch, when the NIC is XDP.
+    pub xdp: Option<xdpnet::PortControl>,
+    shutdown: Arc<AtomicBool>,
+    rx_thread: Option<JoinHandle<()>>,
+    queue_drops: Arc<AtomicU64>,
+}
+
+impl Node {
+    /// Blocks the stop signals (first, so every thread created later
+    /// inherits the mask), opens the NIC in `role`, starts the signal thread.
+    pub fn start(args: &GuestArgs, config: &GuestConfig, role: xdpnet::Role) -> Result<Node> {
+        let signals = block_stop_signals()?;
+        let (nic_rx, nic_tx, xdp) = nic::open(args, config, role)?;
+        let (inputs_tx, inputs) = sync_channel(RX_QUEUE);
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_signal_thread(signals, stop.clone(), inputs_tx.clone());
+        Ok(Node {
+            inputs: Some(inputs),
+            inputs_tx,
+            stop,
+            nic_rx: Some(nic_rx),
+            nic_tx: Some(nic_tx),
+            xdp,
+            shutdown: Arc::new(AtomicBool::new(false)),
+            rx_thread: None,
+            queue_drops: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Starts feeding received frames to the guest.
+    pub fn start_receiving(&mut self) {
+        if let Some(nic) = self.nic_rx.take() {
+            self.rx_thread = Some(spawn_rx_thread(
+                nic,
+                self.inputs_tx.clone(),
+                self.shutdown.clone(),
+                self.queue_drops.clone(),
+            ));
+        }
+    }
+
+    /// The vCPU's input queue (taken once, by the recorder).
+    pub fn take_inputs(&mut self) -> Receiver<Input> {
+        self.inputs.take().expect("the input queue is taken once")
+    }
+
+    /// A handle to stop the recorder at its next exit.
+    pub fn input_sender(&self) -> SyncSender<Input> {
+        self.inputs_tx.clone()
+    }
+
+    /// The NIC's transmit half (taken once, by whoever releases output).
+    pub fn take_tx(&mut self) -> Box<dyn NicTx> {
+        self.nic_tx.take().expect("the transmit half is taken once")
+    }
+
+    /// Stops receiving and detaches the datapath; returns the frames the
+    /// input queue dropped.
+    pub fn finish(mut self) -> u64 {
+        self.shutdown.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.rx_thread.take() {
+            let _ = thread.join();
+        }
+        if let Some(control) = &self.xdp {
+            if let Ok(counters) = control.counters() {
+                tracing::info!(?counters, "XDP datapath");
+            }
+            control.detach();
+        }
+        self.queue_drops.load(Ordering::Relaxed)
+    }
+}
+
+fn block_stop_signals() -> Result<SigSet> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block().context("block signals")?;
+    Ok(set)
+}
+
+fn spawn_signal_thread(set: SigSet, stop: Arc<AtomicBool>, inputs: SyncSender<Input>) {
+    std::thread::spawn(move || {
+        if let Ok(signal) = set.wait() {
+            tracing::info!(?signal, "stopping at the next exit");
+            stop.store(true, Ordering::Relaxed);
+            let _ = inputs.send(Input::Stop);
+        }
+    });
+}
+
+fn spawn_rx_thread(
+    mut nic: Box<dyn NicRx>,
+    inputs: SyncSender<Input>,
+    shutdown: Arc<AtomicBool>,
+    drops: Arc<AtomicU64>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !shutdown.load(Ordering::Relaxed) {
+            let mut deliver = |frame: &[u8]| match inputs.try_send(Input::Frame(frame.to_vec())) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+                Err(TrySendError::Full(_)) => {
+                    drops.fetch_add(1, Ordering::Relaxed);
+                }
+            };
+            if let Err(e) = nic.recv(Duration::from_millis(100), &mut deliver) {
+                tracing::error!("NIC receive failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    })
+}
+
+/// Where the recorder's entries go: an optional file, an optional
+/// replication link; the status counts them.
+pub struct NodeLog {
+    pub file: Option<LogWriter>,
+    pub link: Option<Arc<crate::replication::Replication>>,
+    pub status: Arc<Status>,
+}
+
+impl LogSink for NodeLog {
+    fn append(&mut self, entry: Entry) -> std::io::Result<()> {
+        if let Some(file) = &mut self.file {
+            file.append(&entry).map_err(std::io::Error::other)?;
+        }
+        if let Some(link) = &self.link {
+            link.send_entry(&entry);
+        }
+        self.status.entries.store(entry.seq + 1, Ordering::Relaxed);
+        self.status
+            .exits
+            .store(entry.position.exit + 1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Sends output frames as soon as they are produced (no backup to wait for).
+pub struct ReleaseNow {
+    pub nic: Box<dyn NicTx>,
+    pub pcap: Option<PcapWriter>,
+    pub send_errors: u64,
+    pub status: Arc<Status>,
+}
+
+impl ReleaseNow {
+    pub fn send(&mut self, frame: &[u8], clock_ns: u64) -> std::io::Result<()> {
+        if let Some(pcap) = &mut self.pcap {
+            pcap.write(frame, clock_ns)?;
+        }
+        // A frame the NIC refuses is a lost packet, which TCP recovers from.
+        if let Err(e) = self.nic.send(frame) {
+            self.send_errors += 1;
+            tracing::debug!("NIC send failed: {e}");
+        }
+        self.status.released_outputs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl OutputSink for ReleaseNow {
+    fn output(&mut self, frame: Vec<u8>, _seq: u64, clock_ns: u64) -> std::io::Result<()> {
+        self.send(&frame, clock_ns)
+    }
+}
+
+/// The `key=value` line a node prints when its guest stops.
+pub fn print_summary(
+    summary: &RunSummary,
+    dropped_by_queue: u64,
+    send_errors: u64,
+    log_bytes: u64,
+) {
+    println!(
+        "state_hash={} exits={} entries={} outputs={} rx_frames={} dropped_frames={} send_errors={} log_bytes={}",
+        vmm::replay::hex(&summary.state_hash),
+        summary.exits,
+        summary.entries,
+        summary.outputs,
+        summary.rx_frames,
+        summary.dropped_frames + dropped_by_queue,
+        send_errors,
+        log_bytes,
+    );
+}
+
+/// Logs to stderr; `RUST_LOG` chooses the level (info by default).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}

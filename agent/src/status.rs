@@ -1,0 +1,134 @@
+//! A node's live state, written as one JSON object to a file every 200 ms
+//! (write to a temporary file, then rename, so readers never see half).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a node is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Role {
+    Starting = 0,
+    /// Serving, with the backup acknowledging the log.
+    Primary = 1,
+    /// Serving with no backup (it was lost and the arbiter chose us).
+    PrimaryAlone = 2,
+    /// Replaying the primary's log.
+    Backup = 3,
+    /// Lost the primary; finishing the log and asking the arbiter.
+    GoingLive = 4,
+    /// Stopped by the arbiter's verdict or an error: serves nothing.
+    Halted = 5,
+    /// Stopped cleanly.
+    Stopped = 6,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Starting => "starting",
+            Role::Primary => "primary",
+            Role::PrimaryAlone => "primary-alone",
+            Role::Backup => "backup",
+            Role::GoingLive => "going-live",
+            Role::Halted => "halted",
+            Role::Stopped => "stopped",
+        }
+    }
+
+    fn from_u8(value: u8) -> Role {
+        [
+            Role::Starting,
+            Role::Primary,
+            Role::PrimaryAlone,
+            Role::Backup,
+            Role::GoingLive,
+            Role::Halted,
+            Role::Stopped,
+        ]
+        .into_iter()
+        .find(|r| *r as u8 == value)
+        .unwrap_or(Role::Starting)
+    }
+}
+
+/// Counters updated by the node's threads; all relaxed: a status view.
+#[derive(Default)]
+pub struct Status {
+    node: String,
+    role: AtomicU8,
+    pub generation: AtomicU64,
+    /// Guest exits so far (as far as the log shows).
+    pub exits: AtomicU64,
+    /// Log entries written (primary) or applied (backup).
+    pub entries: AtomicU64,
+    /// Highest entry the backup acknowledged (primary).
+    pub acked: AtomicU64,
+    /// Output frames waiting for an acknowledgement (primary).
+    pub held_outputs: AtomicU64,
+    /// Output frames released to the network.
+    pub released_outputs: AtomicU64,
+    /// Entries received but not yet applied (backup).
+    pub lag_entries: AtomicU64,
+    /// Age of the oldest entry received but not yet applied (backup).
+    pub lag_ms: AtomicU64,
+    /// Divergence alarms (backup).
+    pub divergences: AtomicU64,
+}
+
+impl Status {
+    pub fn new(node: &str) -> Arc<Status> {
+        Arc::new(Status {
+            node: node.to_string(),
+            ..Status::default()
+        })
+    }
+
+    pub fn set_role(&self, role: Role) {
+        self.role.store(role as u8, Ordering::Relaxed);
+    }
+
+    pub fn role(&self) -> Role {
+        Role::from_u8(self.role.load(Ordering::Relaxed))
+    }
+
+    pub fn to_json(&self) -> String {
+        let get = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        format!(
+            "{{\"node\":{:?},\"role\":\"{}\",\"generation\":{},\"exits\":{},\"entries\":{},\"acked\":{},\
+             \"held_outputs\":{},\"released_outputs\":{},\"lag_entries\":{},\"lag_ms\":{},\"divergences\":{}}}",
+            self.node,
+            self.role().name(),
+            get(&self.generation),
+            get(&self.exits),
+            get(&self.entries),
+            get(&self.acked),
+            get(&self.held_outputs),
+            get(&self.released_outputs),
+            get(&self.lag_entries),
+            get(&self.lag_ms),
+            get(&self.divergences),
+        )
+    }
+
+    /// Writes the file now (also used for the last word before exiting).
+    pub fn write(&self, path: &PathBuf) {
+        let tmp = path.with_extension("tmp");
+        let result =
+            std::fs::write(&tmp, self.to_json() + "\n").and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), "cannot write the status file: {e}");
+        }
+    }
+
+    /// Writes the file every 200 ms for the life of the process.
+    pub fn spawn_writer(self: &Arc<Self>, path: PathBuf) {
+        let status = self.clone();
+        std::thread::spawn(move || loop {
+            status.write(&path);
+            std::thread::sleep(Duration::from_millis(200));
+        });
+    }
+}

@@ -150,6 +150,31 @@ pub struct NodeLog {
     pub file: Option<LogWriter>,
     pub link: Option<Arc<crate::replication::Replication>>,
     pub status: Arc<Status>,
+    /// Bytes of framed entries logged (what the log channel carries).
+    pub bytes: u64,
+}
+
+impl NodeLog {
+    pub fn new(
+        file: Option<LogWriter>,
+        link: Option<Arc<crate::replication::Replication>>,
+        status: Arc<Status>,
+    ) -> Self {
+        NodeLog {
+            file,
+            link,
+            status,
+            bytes: 0,
+        }
+    }
+
+    /// Makes the file durable; returns the bytes logged.
+    pub fn finish(&mut self) -> Result<u64> {
+        if let Some(file) = &mut self.file {
+            file.sync()?;
+        }
+        Ok(self.bytes)
+    }
 }
 
 impl LogSink for NodeLog {
@@ -160,6 +185,7 @@ impl LogSink for NodeLog {
         if let Some(link) = &self.link {
             link.send_entry(&entry);
         }
+        self.bytes += (ftlog::frame::FRAME_HEADER_LEN + entry.body_len()) as u64;
         self.status.entries.store(entry.seq + 1, Ordering::Relaxed);
         self.status
             .exits

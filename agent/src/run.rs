@@ -58,10 +58,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .replication
         .as_ref()
         .map_or("primary", |r| r.node.as_str());
-    let status = Status::new(name);
-    if let Some(path) = &args.guest.status {
-        status.spawn_writer(path.clone());
-    }
+    let status = Status::new(name, args.guest.status.clone());
     let machine = Machine::new(&image, &config).context("create the VM")?;
     let file = args
         .record
@@ -92,16 +89,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         node.start_receiving();
         tracing::info!(guest = %args.guest.guest.display(), nic = args.guest.nic_name(), ip = %args.guest.ip, "guest running");
         let recorder = Recorder::new(machine, node.take_inputs(), GuestClock::starting_at(0));
-        let mut log = NodeLog {
-            file,
-            link: None,
-            status: status.clone(),
-        };
+        let mut log = NodeLog::new(file, None, status.clone());
         let result = recorder.run(&mut log, &mut out);
-        let log_bytes = log
-            .file
-            .as_mut()
-            .map_or(Ok(0), |f| f.sync().map(|()| f.bytes_written()))?;
+        let log_bytes = log.finish()?;
         let drops = node.finish();
         let summary = result?;
         status.set_role(Role::Stopped);
@@ -159,18 +149,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     node.start_receiving();
     tracing::info!(generation, %backup, "guest running as the FT primary");
     let recorder = Recorder::new(machine, node.take_inputs(), GuestClock::starting_at(0));
-    let mut log = NodeLog {
-        file,
-        link: Some(replication.clone()),
-        status: status.clone(),
-    };
+    let mut log = NodeLog::new(file, Some(replication.clone()), status.clone());
     let result = recorder.run(&mut log, &mut gate.clone());
     gate.close();
     let (end, out) = releaser.join().expect("releaser thread");
-    let log_bytes = log
-        .file
-        .as_mut()
-        .map_or(Ok(0), |f| f.sync().map(|()| f.bytes_written()))?;
+    let log_bytes = log.finish()?;
     drop(log);
     if let Ok(replication) = Arc::try_unwrap(replication) {
         replication.close();

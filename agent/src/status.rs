@@ -58,6 +58,7 @@ impl Role {
 #[derive(Default)]
 pub struct Status {
     node: String,
+    path: Option<PathBuf>,
     role: AtomicU8,
     pub generation: AtomicU64,
     /// Guest exits so far (as far as the log shows).
@@ -79,15 +80,28 @@ pub struct Status {
 }
 
 impl Status {
-    pub fn new(node: &str) -> Arc<Status> {
-        Arc::new(Status {
+    /// The status of `node`, written to `path` (if any) every 200 ms and
+    /// at once on every role change, so the last word before an exit is
+    /// never lost.
+    pub fn new(node: &str, path: Option<PathBuf>) -> Arc<Status> {
+        let status = Arc::new(Status {
             node: node.to_string(),
+            path,
             ..Status::default()
-        })
+        });
+        if status.path.is_some() {
+            let writer = status.clone();
+            std::thread::spawn(move || loop {
+                writer.write();
+                std::thread::sleep(Duration::from_millis(200));
+            });
+        }
+        status
     }
 
     pub fn set_role(&self, role: Role) {
         self.role.store(role as u8, Ordering::Relaxed);
+        self.write();
     }
 
     pub fn role(&self) -> Role {
@@ -113,22 +127,13 @@ impl Status {
         )
     }
 
-    /// Writes the file now (also used for the last word before exiting).
-    pub fn write(&self, path: &PathBuf) {
+    fn write(&self) {
+        let Some(path) = &self.path else { return };
         let tmp = path.with_extension("tmp");
         let result =
             std::fs::write(&tmp, self.to_json() + "\n").and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = result {
             tracing::warn!(path = %path.display(), "cannot write the status file: {e}");
         }
-    }
-
-    /// Writes the file every 200 ms for the life of the process.
-    pub fn spawn_writer(self: &Arc<Self>, path: PathBuf) {
-        let status = self.clone();
-        std::thread::spawn(move || loop {
-            status.write(&path);
-            std::thread::sleep(Duration::from_millis(200));
-        });
     }
 }

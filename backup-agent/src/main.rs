@@ -61,11 +61,8 @@ fn run(args: Args) -> Result<ExitCode> {
     let image = GuestImage::from_file(&args.guest.guest)?;
     // Service frames are dropped and the fence is up until we go live.
     let node = Node::start(&args.guest, &config, xdpnet::Role::Backup)?;
-    let status = Status::new(&args.replication.node);
+    let status = Status::new(&args.replication.node, args.guest.status.clone());
     status.set_role(Role::Backup);
-    if let Some(path) = &args.guest.status {
-        status.spawn_writer(path.clone());
-    }
     let machine = Machine::new(&image, &config).context("create the VM")?;
     let hello = Hello::new(
         image.hash(),
@@ -178,15 +175,11 @@ fn go_live(
 
     node.start_receiving();
     let recorder = Recorder::resume(handover, node.take_inputs());
-    let mut log = NodeLog {
-        file: None,
-        link: None,
-        status: status.clone(),
-    };
+    let mut log = NodeLog::new(None, None, status.clone());
     let result = recorder.run(&mut log, &mut out);
     let drops = node.finish();
     let summary = result?;
     status.set_role(Role::Stopped);
-    print_summary(&summary, drops, out.send_errors, 0);
+    print_summary(&summary, drops, out.send_errors, log.bytes);
     Ok(ExitCode::SUCCESS)
 }

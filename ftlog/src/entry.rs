@@ -80,6 +80,20 @@ impl Entry {
         }
     }
 
+    /// Bytes of the body encoding.
+    pub fn body_len(&self) -> usize {
+        FIXED_LEN
+            + match &self.payload {
+                Payload::RxFrame(frame) => frame.len(),
+                Payload::Clock(_) => 8,
+                Payload::Entropy(_) => 32,
+                Payload::Output { .. } => 4 + OUTPUT_DIGEST_LEN,
+                Payload::Halt {
+                    guest_exit_code, ..
+                } => 32 + if guest_exit_code.is_some() { 5 } else { 1 },
+            }
+    }
+
     /// Appends the body encoding to `out`.
     pub fn encode_body(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.seq.to_le_bytes());
@@ -227,6 +241,7 @@ mod tests {
         };
         let mut body = Vec::new();
         entry.encode_body(&mut body);
+        assert_eq!(body.len(), entry.body_len());
         assert_eq!(Entry::decode_body(&body, 0).unwrap(), entry);
     }
 

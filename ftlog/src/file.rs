@@ -87,18 +87,15 @@ impl LogHeader {
 pub struct LogWriter {
     out: BufWriter<File>,
     scratch: Vec<u8>,
-    bytes_written: u64,
 }
 
 impl LogWriter {
     pub fn create(path: &Path, header: &LogHeader) -> Result<Self, LogError> {
         let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
-        let encoded = header.encode();
-        out.write_all(&encoded)?;
+        out.write_all(&header.encode())?;
         Ok(LogWriter {
             out,
             scratch: Vec::with_capacity(4096),
-            bytes_written: encoded.len() as u64,
         })
     }
 
@@ -106,7 +103,6 @@ impl LogWriter {
         self.scratch.clear();
         encode_entry(entry, &mut self.scratch);
         self.out.write_all(&self.scratch)?;
-        self.bytes_written += self.scratch.len() as u64;
         Ok(())
     }
 
@@ -120,10 +116,6 @@ impl LogWriter {
         self.out.flush()?;
         self.out.get_ref().sync_all()?;
         Ok(())
-    }
-
-    pub fn bytes_written(&self) -> u64 {
-        self.bytes_written
     }
 }
 

@@ -47,14 +47,17 @@ impl GuestArgs {
     }
 }
 
-/// How this node takes part in replication.
+/// How this node takes part in replication. `required = false` because
+/// `agent run` flattens it as an `Option` (clap would otherwise demand the
+/// fields even without `--backup`); a missing one is still an error
+/// whenever the group is used.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ReplicationArgs {
     /// The arbiter (test-and-set service) that decides who may serve.
-    #[arg(long)]
+    #[arg(long, required = false)]
     pub arbiter: SocketAddr,
     /// This node's name at the arbiter.
-    #[arg(long)]
+    #[arg(long, required = false)]
     pub node: String,
     /// Heartbeat interval on the log channel.
     #[arg(long, default_value_t = 50)]

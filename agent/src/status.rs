@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What a node is doing.
@@ -59,6 +59,9 @@ impl Role {
 pub struct Status {
     node: String,
     path: Option<PathBuf>,
+    /// One writer at a time: the periodic thread and role changes share
+    /// the temporary file.
+    writing: Mutex<()>,
     role: AtomicU8,
     pub generation: AtomicU64,
     /// Guest exits so far (as far as the log shows).
@@ -129,6 +132,7 @@ impl Status {
 
     fn write(&self) {
         let Some(path) = &self.path else { return };
+        let _one_writer = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let tmp = path.with_extension("tmp");
         let result =
             std::fs::write(&tmp, self.to_json() + "\n").and_then(|()| std::fs::rename(&tmp, path));

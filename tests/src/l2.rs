@@ -148,7 +148,7 @@ impl PacketSocket {
 
     /// Feeds arriving frames to `stop` until it returns true (-> true) or
     /// `limit` passes (-> false).
-    fn receive(&self, limit: Duration, mut stop: impl FnMut(&[u8]) -> bool) -> bool {
+    pub fn receive(&self, limit: Duration, mut stop: impl FnMut(&[u8]) -> bool) -> bool {
         let deadline = Instant::now() + limit;
         let mut buf = vec![0u8; 65536];
         loop {

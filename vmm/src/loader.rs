@@ -25,7 +25,7 @@ const FORBIDDEN: [(Mnemonic, &str); 6] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read guest image {path}: {source}")]
+    #[error("cannot read guest image {path}")]
     Read {
         path: String,
         source: std::io::Error,

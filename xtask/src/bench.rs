@@ -1,17 +1,22 @@
 //! `cargo xtask bench`: one table, every ratio from the same run.
 //!
-//! Real clients against the real guest: redis-benchmark over a TAP in a
-//! namespace with and without recording the log, and through XDP/AF_XDP.
+//! Real clients against the real guest: redis-benchmark over a TAP (with and
+//! without recording the log), through XDP/AF_XDP, and through an FT pair
+//! (primary + backup + arbiter); single-client latency with and without FT;
+//! and failover time over repeated `kill -9` of the primary, measured by the
+//! one-connection checker as its longest wait for an answer.
 
 use crate::test::TEST_PACKAGES;
 use crate::util::{ensure_apt_packages, run, workspace_root};
-use anyhow::{bail, Context, Result};
-use ft_tests::{Guest, ScratchDir, Summary, GUEST_IP};
+use anyhow::{bail, ensure, Context, Result};
+use ft_tests::cluster::{Cluster, Host};
+use ft_tests::{Guest, Netns, ScratchDir, Summary, GUEST_IP};
 use std::ffi::OsStr;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const CLIENTS: &str = "50";
+const FAILOVER_KILLS: usize = 10;
 
 /// Requests per redis-benchmark test, by pipeline depth.
 fn requests(pipeline: u32) -> u32 {
@@ -22,22 +27,35 @@ fn requests(pipeline: u32) -> u32 {
     }
 }
 
+/// One line of `redis-benchmark --csv`.
+#[derive(Clone, Copy, Default)]
+struct Rate {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
 /// One configuration's results.
 struct Run {
-    /// (test name, pipeline, requests/s)
-    rates: Vec<(String, u32, f64)>,
+    /// (test name, pipeline) → rate
+    rates: Vec<(&'static str, u32, Rate)>,
+    /// Single-client SET latency.
+    latency: Rate,
     summary: Summary,
     elapsed_s: f64,
     requests: u64,
 }
 
 impl Run {
-    fn rate(&self, test: &str, pipeline: u32) -> f64 {
+    fn rps(&self, test: &str, pipeline: u32) -> f64 {
         self.rates
             .iter()
-            .find(|(t, p, _)| t == test && *p == pipeline)
-            .map(|(_, _, r)| *r)
-            .unwrap_or(0.0)
+            .find(|(t, p, _)| *t == test && *p == pipeline)
+            .map_or(0.0, |(_, _, r)| r.rps)
+    }
+
+    fn log_mbit_s(&self) -> f64 {
+        self.summary.number("log_bytes") as f64 * 8.0 / self.elapsed_s / 1e6
     }
 }
 
@@ -49,106 +67,236 @@ pub fn bench() -> Result<()> {
         .current_dir(workspace_root())
         .args(["build", "--release", "--workspace", "--bins"]))?;
 
-    let tap = measure(Nic::Tap, false)?;
-    let recording = measure(Nic::Tap, true)?;
-    let xdp = measure(Nic::Xdp, false)?;
+    let tap = measure(Setup::Tap { record: false })?;
+    let recording = measure(Setup::Tap { record: true })?;
+    let xdp = measure(Setup::Xdp)?;
+    let ft = measure(Setup::Ft)?;
+    let failovers = measure_failovers()?;
 
     println!();
-    println!("| metric | TAP | TAP + recording | AF_XDP | recording / TAP | AF_XDP / TAP |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| metric | TAP | TAP + recording | AF_XDP | FT (AF_XDP) | recording / TAP | AF_XDP / TAP | FT / AF_XDP |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for pipeline in [1, 16] {
         for test in ["SET", "GET"] {
-            let (a, b, c) = (
-                tap.rate(test, pipeline),
-                recording.rate(test, pipeline),
-                xdp.rate(test, pipeline),
-            );
+            let [a, b, c, d] = [&tap, &recording, &xdp, &ft].map(|r| r.rps(test, pipeline));
             println!(
-                "| redis-benchmark {test} -P {pipeline} (req/s) | {a:.0} | {b:.0} | {c:.0} | {:.2} | {:.2} |",
+                "| redis-benchmark {test} -P {pipeline} (req/s, {CLIENTS} clients) | {a:.0} | {b:.0} | {c:.0} | {d:.0} | {:.2} | {:.2} | {:.2} |",
                 b / a,
-                c / a
+                c / a,
+                d / c
             );
         }
     }
     let exits = |r: &Run| r.summary.number("exits") as f64 / r.elapsed_s;
     println!(
-        "| guest exits/s (during the load) | {:.0} | {:.0} | {:.0} | | |",
+        "| guest exits/s (during the load) | {:.0} | {:.0} | {:.0} | {:.0} | | | |",
         exits(&tap),
         exits(&recording),
-        exits(&xdp)
+        exits(&xdp),
+        exits(&ft)
     );
-    let log_bytes = recording.summary.number("log_bytes") as f64;
+    let percentiles: [(&str, fn(&Rate) -> f64); 2] = [("p50", |r| r.p50_ms), ("p99", |r| r.p99_ms)];
+    for (name, pick) in percentiles {
+        let [a, b, c, d] = [&tap, &recording, &xdp, &ft].map(|r| pick(&r.latency));
+        println!(
+            "| SET latency {name}, 1 client (ms) | {a:.3} | {b:.3} | {c:.3} | {d:.3} | | | FT adds {:.3} ms |",
+            d - c
+        );
+    }
     println!(
-        "| log bytes per request | | {:.1} | | | |",
-        log_bytes / recording.requests as f64
+        "| log bytes per request | | {:.1} | | {:.1} | | | |",
+        recording.summary.number("log_bytes") as f64 / recording.requests as f64,
+        ft.summary.number("log_bytes") as f64 / ft.requests as f64
     );
     println!(
-        "| log bandwidth (Mbit/s) | | {:.2} | | | |",
-        log_bytes * 8.0 / recording.elapsed_s / 1e6
+        "| log bandwidth (Mbit/s, whole run) | | {:.1} | | {:.1} | | | |",
+        recording.log_mbit_s(),
+        ft.log_mbit_s()
+    );
+    let mut sorted = failovers.clone();
+    sorted.sort_unstable();
+    println!(
+        "| failover: kill -9 → next answer on the same connection (ms, {} kills) | min {} | median {} | max {} | | | | |",
+        sorted.len(),
+        sorted[0],
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1]
     );
     Ok(())
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Nic {
-    Tap,
+enum Setup {
+    Tap { record: bool },
     Xdp,
+    Ft,
 }
 
-fn measure(nic: Nic, record: bool) -> Result<Run> {
-    let scratch = ScratchDir::new("bench");
-    let log = scratch.path().join("bench.ftlog");
-    let extra: Vec<&OsStr> = if record {
-        vec!["--record".as_ref(), log.as_os_str()]
-    } else {
-        vec![]
-    };
-    let guest = match nic {
-        Nic::Tap => Guest::on_tap("bench", &extra)?,
-        Nic::Xdp => Guest::behind_xdp("bench", &extra)?,
-    };
+/// The service under test and the namespace its clients run in.
+enum Service {
+    Single(Guest, Option<ScratchDir>),
+    Pair(Box<Cluster>),
+}
+
+impl Service {
+    fn client(&self) -> &Netns {
+        match self {
+            Service::Single(guest, _) => &guest.client,
+            Service::Pair(cluster) => &cluster.client,
+        }
+    }
+
+    fn stop(self) -> Result<Summary> {
+        match self {
+            Service::Single(guest, _scratch) => guest.stop(),
+            Service::Pair(mut cluster) => {
+                let summary = cluster.stop(Host::A)?;
+                let backup = cluster.finish(Host::B)?;
+                ensure!(
+                    backup.get("state_hash") == summary.get("state_hash"),
+                    "the backup ended in another state than the primary"
+                );
+                Ok(summary)
+            }
+        }
+    }
+}
+
+fn start(setup: Setup) -> Result<Service> {
+    Ok(match setup {
+        Setup::Tap { record } => {
+            let scratch = ScratchDir::new("bench");
+            let log = scratch.path().join("bench.ftlog");
+            let extra: Vec<&OsStr> = if record {
+                vec!["--record".as_ref(), log.as_os_str()]
+            } else {
+                vec![]
+            };
+            Service::Single(Guest::on_tap("bench", &extra)?, Some(scratch))
+        }
+        Setup::Xdp => Service::Single(Guest::behind_xdp("bench", &[])?, None),
+        Setup::Ft => {
+            let mut cluster = Cluster::new("bf")?;
+            cluster.start_arbiter()?;
+            cluster.start_backup(Host::B)?;
+            cluster.start_primary(Host::A)?;
+            Service::Pair(Box::new(cluster))
+        }
+    })
+}
+
+fn measure(setup: Setup) -> Result<Run> {
+    let service = start(setup)?;
     let start = Instant::now();
     let mut rates = Vec::new();
     let mut total = 0u64;
     for pipeline in [1u32, 16] {
         let n = requests(pipeline);
-        let mut cmd = guest.client.command("redis-benchmark");
-        cmd.args([
-            "-h", GUEST_IP, "-p", "6379", "-c", CLIENTS, "-t", "set,get", "-q",
-        ])
-        .args(["-n", &n.to_string(), "-P", &pipeline.to_string()]);
-        let out = cmd.output().context("run redis-benchmark")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        for test in ["SET", "GET"] {
-            rates.push((test.to_string(), pipeline, parse_rate(&text, test)?));
+        for (test, rate) in benchmark(
+            service.client(),
+            &["-c", CLIENTS, "-t", "set,get"],
+            n,
+            pipeline,
+        )? {
+            rates.push((test, pipeline, rate));
             total += u64::from(n);
         }
     }
+    let latency = benchmark(service.client(), &["-c", "1", "-t", "set"], 5_000, 1)?
+        .first()
+        .map(|(_, rate)| *rate)
+        .context("no single-client result")?;
+    total += 5_000;
     let elapsed_s = start.elapsed().as_secs_f64();
-    let summary = guest.stop()?;
-    eprintln!("xtask: {nic:?} run (recording: {record}): {summary:?}");
+    let summary = service.stop()?;
+    eprintln!("xtask: {setup:?}: {summary:?}");
     Ok(Run {
         rates,
+        latency,
         summary,
         elapsed_s,
         requests: total,
     })
 }
 
-/// Reads `SET: 12345.67 requests per second` from redis-benchmark -q.
-fn parse_rate(output: &str, test: &str) -> Result<f64> {
-    let prefix = format!("{test}: ");
-    // Progress lines (`SET: rps=...`) share the prefix; the result line
-    // is the one that says "requests per second".
-    for line in output
-        .split(['\n', '\r'])
-        .filter(|l| l.contains("requests per second"))
-    {
-        if let Some(rest) = line.trim().strip_prefix(&prefix) {
-            if let Some(number) = rest.split_whitespace().next() {
-                return number.parse().with_context(|| format!("rate in {line:?}"));
-            }
-        }
+/// Runs redis-benchmark in `client` and reads its CSV report.
+fn benchmark(
+    client: &Netns,
+    args: &[&str],
+    n: u32,
+    pipeline: u32,
+) -> Result<Vec<(&'static str, Rate)>> {
+    let mut cmd = client.command("timeout");
+    cmd.args([
+        "300",
+        "redis-benchmark",
+        "-h",
+        GUEST_IP,
+        "-p",
+        "6379",
+        "--csv",
+    ])
+    .args(args)
+    .args(["-n", &n.to_string(), "-P", &pipeline.to_string()]);
+    let out = cmd.output().context("run redis-benchmark")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ["SET", "GET"]
+        .into_iter()
+        .filter(|test| args.iter().any(|a| a.to_uppercase().contains(test)))
+        .map(|test| Ok((test, parse_csv(&text, test)?)))
+        .collect()
+}
+
+/// Reads `"SET","12345.67","0.2","0.1","0.2","0.3","0.4","1.0"` (test, rps,
+/// avg, min, p50, p95, p99, max).
+fn parse_csv(output: &str, test: &str) -> Result<Rate> {
+    let prefix = format!("\"{test}\",");
+    let line = output
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .with_context(|| format!("redis-benchmark printed no {test} line: {output}"))?;
+    let fields: Vec<f64> = line
+        .split(',')
+        .skip(1)
+        .map(|f| f.trim_matches('"').parse::<f64>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("numbers in {line:?}"))?;
+    if fields.len() < 6 {
+        bail!("short redis-benchmark line {line:?}");
     }
-    bail!("redis-benchmark printed no {test} rate: {output}")
+    Ok(Rate {
+        rps: fields[0],
+        p50_ms: fields[3],
+        p99_ms: fields[5],
+    })
+}
+
+/// Kills the primary `FAILOVER_KILLS` times while the checker pushes on one
+/// connection; returns the checker's longest wait for each.
+fn measure_failovers() -> Result<Vec<u64>> {
+    let mut cluster = Cluster::new("bk")?;
+    cluster.start_arbiter()?;
+    let mut gaps = Vec::with_capacity(FAILOVER_KILLS);
+    for round in 0..FAILOVER_KILLS {
+        let (primary, backup) = if round % 2 == 0 {
+            (Host::A, Host::B)
+        } else {
+            (Host::B, Host::A)
+        };
+        cluster.start_backup(backup)?;
+        cluster.start_primary(primary)?;
+        let checker =
+            cluster.spawn_checker(&format!("failover-{round}"), &["--duration-ms", "2500"])?;
+        std::thread::sleep(Duration::from_millis(1000));
+        cluster.kill(primary)?;
+        let out = checker.wait_with_output(Duration::from_secs(60))?;
+        let report = Summary::parse(&String::from_utf8_lossy(&out.stdout));
+        ensure!(
+            out.status.success(),
+            "round {round}: the checker failed: {report:?}"
+        );
+        gaps.push(report.number("max_gap_ms"));
+        cluster.stop(backup)?;
+    }
+    Ok(gaps)
 }

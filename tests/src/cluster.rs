@@ -1,0 +1,623 @@
+//! A replicated service on a simulated LAN: the multi-host fixture of the
+//! failover tests.
+//!
+//! ```text
+//!                    sw: bridge br0
+//!        ┌───────────┬──────┴─────┬───────────┐
+//!       pc          pa            pb          pr         switch ports
+//!     client      host-a ══repl══ host-b      arb
+//!  198.18.0.1   .11  198.19.0.1/30  .2  .12   .20
+//! ```
+//!
+//! Every namespace's `eth0` is wired to the switch; `repl` is a direct veth
+//! between the two hosts that carries only the log channel, so a test can
+//! cut replication while both hosts still reach the arbiter and the
+//! clients (and unplug a host's switch port to isolate it entirely). The service (the guest) is 198.18.0.2 / 02:00:00:00:00:02 and
+//! is reached through whichever host is live; go-live's gratuitous ARP
+//! moves it in the switch.
+//!
+//! Processes are started and stopped by pid; their stderr goes to files in
+//! a scratch directory, shown when a test panics. Everything (processes,
+//! namespaces, files) is removed on drop, also on panic.
+
+use crate::l2::PacketSocket;
+use crate::{
+    binary, guest_image, run, wait_for, Netns, Process, ScratchDir, Summary, GUEST_IP, GUEST_MAC,
+};
+use anyhow::{bail, ensure, Context, Result};
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Where the arbiter listens (in `arb`).
+pub const ARBITER_ADDR: &str = "198.18.0.20:7700";
+const ARBITER_CIDR: &str = "198.18.0.20/24";
+const CLIENT_CIDR: &str = "198.18.0.1/24";
+/// The backup's log channel port, on its `repl` address.
+const BACKUP_PORT: u16 = 7800;
+/// Twice the agents' default: two VMs, the tests and often a compiler
+/// share two cores here, and a scheduling stall must not pass for a dead
+/// peer. Failover time is reported, never asserted.
+const SILENCE_MS: &str = "1000";
+const SERVICE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+/// How long a node may take to come up (boot, connect, first answer).
+const START_LIMIT: Duration = Duration::from_secs(60);
+/// How long a node may take to end after SIGTERM or its peer's end.
+const STOP_LIMIT: Duration = Duration::from_secs(60);
+
+/// One of the two agent hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Host {
+    A,
+    B,
+}
+
+impl Host {
+    pub fn other(self) -> Host {
+        match self {
+            Host::A => Host::B,
+            Host::B => Host::A,
+        }
+    }
+
+    /// The node name the agents run under (and the arbiter records).
+    pub fn node(self) -> &'static str {
+        match self {
+            Host::A => "a",
+            Host::B => "b",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn lan_cidr(self) -> &'static str {
+        match self {
+            Host::A => "198.18.0.11/24",
+            Host::B => "198.18.0.12/24",
+        }
+    }
+
+    fn repl_ip(self) -> &'static str {
+        match self {
+            Host::A => "198.19.0.1",
+            Host::B => "198.19.0.2",
+        }
+    }
+
+    /// The host's port on the switch.
+    fn switch_port(self) -> &'static str {
+        match self {
+            Host::A => "pa",
+            Host::B => "pb",
+        }
+    }
+
+    /// The log channel address of a backup on this host.
+    pub fn backup_addr(self) -> String {
+        format!("{}:{BACKUP_PORT}", self.repl_ip())
+    }
+}
+
+/// What `arbiter query` says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArbiterState {
+    pub generation: u64,
+    pub owner: String,
+}
+
+/// A node's `--status` file: one JSON object.
+#[derive(Debug)]
+pub struct NodeStatus(serde_json::Map<String, serde_json::Value>);
+
+impl NodeStatus {
+    pub fn role(&self) -> &str {
+        self.0
+            .get("role")
+            .and_then(|r| r.as_str())
+            .unwrap_or_else(|| panic!("no role in status {:?}", self.0))
+    }
+
+    pub fn number(&self, key: &str) -> u64 {
+        self.0
+            .get(key)
+            .and_then(|v| v.as_u64())
+            .unwrap_or_else(|| panic!("no number {key} in status {:?}", self.0))
+    }
+
+    /// Serving the guest: `primary` (with a backup) or `primary-alone`.
+    pub fn is_serving(&self) -> bool {
+        self.role().starts_with("primary")
+    }
+}
+
+/// Per host, when frames from the service MAC entered the switch from it.
+#[derive(Debug)]
+pub struct ServiceFrames([Vec<Instant>; 2]);
+
+impl ServiceFrames {
+    pub fn from(&self, host: Host) -> &[Instant] {
+        &self.0[host.index()]
+    }
+}
+
+/// Records, on the switch, which host sends the service's frames.
+pub struct ServiceWatch {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Vec<Instant>>>,
+}
+
+impl ServiceWatch {
+    pub fn finish(mut self) -> ServiceFrames {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut frames = std::mem::take(&mut self.threads)
+            .into_iter()
+            .map(|t| t.join().expect("watch thread panicked"));
+        ServiceFrames([
+            frames.next().expect("a watch per host"),
+            frames.next().expect("a watch per host"),
+        ])
+    }
+}
+
+impl Drop for ServiceWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The topology, the arbiter and up to one agent per host.
+pub struct Cluster {
+    // Drop order is declaration order: the processes go before the
+    // scratch directory and the namespaces they live in.
+    nodes: [Option<Process>; 2],
+    arbiter: Option<Process>,
+    /// The latest log of the agent on each host (kept after it ends).
+    node_logs: [Option<PathBuf>; 2],
+    /// Every log written, oldest first; shown when a test panics.
+    logs: Vec<PathBuf>,
+    scratch: ScratchDir,
+    /// Where clients run; it reaches the service and nothing else of ours.
+    pub client: Netns,
+    host_a: Netns,
+    host_b: Netns,
+    arb: Netns,
+    sw: Netns,
+}
+
+impl Cluster {
+    /// Builds the topology; nothing runs yet. `tag` keeps namespace names
+    /// short and recognisable (2–3 letters).
+    pub fn new(tag: &str) -> Result<Cluster> {
+        let sw = Netns::new(&format!("{tag}s"))?;
+        let client = Netns::new(&format!("{tag}c"))?;
+        let host_a = Netns::new(&format!("{tag}a"))?;
+        let host_b = Netns::new(&format!("{tag}b"))?;
+        let arb = Netns::new(&format!("{tag}r"))?;
+
+        sw.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        sw.exec(&["ip", "link", "set", "br0", "up"])?;
+        let lan = [
+            (&client, "pc", CLIENT_CIDR),
+            (&host_a, Host::A.switch_port(), Host::A.lan_cidr()),
+            (&host_b, Host::B.switch_port(), Host::B.lan_cidr()),
+            (&arb, "pr", ARBITER_CIDR),
+        ];
+        for (ns, port, cidr) in lan {
+            sw.add_veth(port, ns, "eth0")?;
+            sw.exec(&["ip", "link", "set", port, "master", "br0"])?;
+            ns.exec(&["ip", "addr", "add", cidr, "dev", "eth0"])?;
+            // A veth leaves checksums for "hardware" to finish, and XDP
+            // sees frames before anything does; real wires carry them full.
+            ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+        }
+        host_a.add_veth("repl", &host_b, "repl")?;
+        host_a.exec(&["ip", "addr", "add", "198.19.0.1/30", "dev", "repl"])?;
+        host_b.exec(&["ip", "addr", "add", "198.19.0.2/30", "dev", "repl"])?;
+        // The service's address is fixed; a static entry keeps the first
+        // packets of a test from waiting on ARP.
+        client.exec(&[
+            "ip", "neigh", "replace", GUEST_IP, "lladdr", GUEST_MAC, "dev", "eth0",
+        ])?;
+
+        Ok(Cluster {
+            nodes: [None, None],
+            arbiter: None,
+            node_logs: [None, None],
+            logs: Vec::new(),
+            scratch: ScratchDir::new(&format!("cluster-{tag}")),
+            client,
+            host_a,
+            host_b,
+            arb,
+            sw,
+        })
+    }
+
+    fn host(&self, host: Host) -> &Netns {
+        match host {
+            Host::A => &self.host_a,
+            Host::B => &self.host_b,
+        }
+    }
+
+    // ---- arbiter ----
+
+    /// Starts the arbiter on its state file (created at generation 0 the
+    /// first time) and waits until it answers.
+    pub fn start_arbiter(&mut self) -> Result<()> {
+        ensure!(self.arbiter.is_none(), "the arbiter is already running");
+        let log = self.scratch.path().join("arbiter.log");
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("open {}", log.display()))?;
+        if !self.logs.contains(&log) {
+            self.logs.push(log);
+        }
+        let mut cmd = self.arb.command(binary("arbiter"));
+        cmd.args(["--listen", ARBITER_ADDR, "--state"])
+            .arg(self.scratch.path().join("arbiter.state"))
+            .arg("--init")
+            .stdout(Stdio::null())
+            .stderr(file);
+        self.arbiter = Some(Process::spawn(cmd, "arbiter")?);
+        wait_for("the arbiter to answer", Duration::from_secs(10), || {
+            self.arbiter_state().map(Some)
+        })?;
+        Ok(())
+    }
+
+    /// SIGKILL to the arbiter, then the same state file again.
+    pub fn restart_arbiter(&mut self) -> Result<()> {
+        let arbiter = self.arbiter.take().context("no arbiter is running")?;
+        arbiter.signal(libc::SIGKILL)?;
+        arbiter.wait_with_output(Duration::from_secs(10))?;
+        self.start_arbiter()
+    }
+
+    pub fn arbiter_state(&self) -> Result<ArbiterState> {
+        let mut cmd = self.arb.command(binary("arbiter"));
+        cmd.args(["query", "--connect", ARBITER_ADDR, "--timeout-ms", "2000"]);
+        let out = run(&mut cmd)?;
+        let summary = Summary::parse(&String::from_utf8_lossy(&out.stdout));
+        Ok(ArbiterState {
+            generation: summary.number("generation"),
+            owner: summary.get("owner").to_string(),
+        })
+    }
+
+    /// Every generation the arbiter granted (repeats of a winning claim
+    /// excluded), in the order of its log, across restarts.
+    pub fn arbiter_grants(&self) -> Result<Vec<u64>> {
+        let path = self.scratch.path().join("arbiter.log");
+        let log =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        log.lines()
+            .filter(|l| l.contains("claim granted") && !l.contains("granted again"))
+            .map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("generation="))
+                    .and_then(|g| g.parse().ok())
+                    .with_context(|| format!("no generation in {l:?}"))
+            })
+            .collect()
+    }
+
+    // ---- agents ----
+
+    /// Starts `backup-agent` on `host`, listening on its `repl` address,
+    /// and waits until it listens.
+    pub fn start_backup(&mut self, host: Host) -> Result<()> {
+        let listen = host.backup_addr();
+        let cmd = self.agent_command(host, "backup-agent", &[], &["--listen", &listen]);
+        self.spawn_node(host, cmd, "backup-agent")?;
+        let up = wait_for("the backup to listen", START_LIMIT, || {
+            if !self.is_running(host) {
+                return Ok(Some(false));
+            }
+            let out = self.host(host).exec(&["ss", "-Hltn"])?;
+            Ok(String::from_utf8_lossy(&out.stdout)
+                .contains(&listen)
+                .then_some(true))
+        })?;
+        ensure!(up, "{}", self.ended_early(host, "backup-agent"));
+        Ok(())
+    }
+
+    /// Starts `agent run` on `host` as the primary of the backup on the
+    /// other host, and waits until the service answers (which needs the
+    /// backup's acks).
+    pub fn start_primary(&mut self, host: Host) -> Result<()> {
+        let backup = host.other().backup_addr();
+        let cmd = self.agent_command(host, "agent", &["run"], &["--backup", &backup]);
+        self.spawn_node(host, cmd, "agent run")?;
+        let up = wait_for("the service to answer PING", START_LIMIT, || {
+            if !self.is_running(host) {
+                return Ok(Some(false));
+            }
+            Ok((self.redis(&["PING"])? == "PONG").then_some(true))
+        })?;
+        ensure!(up, "{}", self.ended_early(host, "agent run"));
+        Ok(())
+    }
+
+    fn agent_command(&self, host: Host, program: &str, lead: &[&str], role: &[&str]) -> Command {
+        let mut cmd = self.host(host).command(binary(program));
+        cmd.args(lead)
+            .arg("--guest")
+            .arg(guest_image())
+            .args(["--xdp", "eth0", "--ip", &format!("{GUEST_IP}/24")])
+            .args(["--mac", GUEST_MAC, "--arbiter", ARBITER_ADDR])
+            .args(["--node", host.node(), "--silence-ms", SILENCE_MS])
+            .arg("--status")
+            .arg(self.status_path(host))
+            .args(role)
+            // Plain log lines in the files, for tests to search.
+            .env("NO_COLOR", "1")
+            // The summary line; the log goes to a file (never a pipe that
+            // nobody reads, which would stall the agent).
+            .stdout(Stdio::piped());
+        cmd
+    }
+
+    fn spawn_node(&mut self, host: Host, mut cmd: Command, what: &str) -> Result<()> {
+        ensure!(
+            self.nodes[host.index()].is_none(),
+            "host-{} already runs an agent",
+            host.node()
+        );
+        // A status file left by an earlier node must not pass for this one's.
+        let status = self.status_path(host);
+        if status.exists() {
+            std::fs::remove_file(&status)?;
+        }
+        let log = self.scratch.path().join(format!(
+            "{}-{}-{}.log",
+            host.node(),
+            what.replace(' ', "-"),
+            self.logs.len()
+        ));
+        let file = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        cmd.stderr(file);
+        self.nodes[host.index()] = Some(Process::spawn(cmd, what)?);
+        self.node_logs[host.index()] = Some(log.clone());
+        self.logs.push(log);
+        Ok(())
+    }
+
+    fn ended_early(&mut self, host: Host, what: &str) -> String {
+        let status = self.nodes[host.index()]
+            .take()
+            .and_then(|p| p.wait_with_output(Duration::from_secs(1)).ok())
+            .map(|out| out.status.to_string())
+            .unwrap_or_default();
+        let log = self.node_log(host).unwrap_or_default();
+        format!(
+            "{what} on host-{} ended during start ({status}); its log:\n{log}",
+            host.node()
+        )
+    }
+
+    fn status_path(&self, host: Host) -> PathBuf {
+        self.scratch
+            .path()
+            .join(format!("status-{}.json", host.node()))
+    }
+
+    /// The node's status file, `None` before its first write.
+    pub fn status(&self, host: Host) -> Result<Option<NodeStatus>> {
+        let path = self.status_path(host);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("status {text:?}"))?;
+        match value {
+            serde_json::Value::Object(map) => Ok(Some(NodeStatus(map))),
+            other => bail!("status is not an object: {other}"),
+        }
+    }
+
+    /// Waits until the node on `host` reports serving; fails at once if it
+    /// ends instead.
+    pub fn wait_serving(&mut self, host: Host, limit: Duration) -> Result<NodeStatus> {
+        let what = format!("host-{} to serve", host.node());
+        let status = wait_for(&what, limit, || {
+            if !self.is_running(host) {
+                return Ok(Some(None));
+            }
+            Ok(self.status(host)?.filter(NodeStatus::is_serving).map(Some))
+        })?;
+        match status {
+            Some(status) => Ok(status),
+            None => bail!("{}", self.ended_early(host, "the agent")),
+        }
+    }
+
+    /// The stderr of the latest agent started on `host`.
+    pub fn node_log(&self, host: Host) -> Result<String> {
+        let path = self.node_logs[host.index()]
+            .as_ref()
+            .with_context(|| format!("no agent was started on host-{}", host.node()))?;
+        std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
+    }
+
+    pub fn is_running(&mut self, host: Host) -> bool {
+        self.nodes[host.index()]
+            .as_mut()
+            .is_some_and(Process::is_running)
+    }
+
+    /// SIGKILL to the agent on `host`, by pid; waits until it is gone.
+    pub fn kill(&mut self, host: Host) -> Result<()> {
+        let node = self.take_node(host)?;
+        node.signal(libc::SIGKILL)?;
+        node.wait_with_output(Duration::from_secs(10))?;
+        Ok(())
+    }
+
+    /// SIGTERM to the agent on `host`: it must stop cleanly and print its
+    /// summary.
+    pub fn stop(&mut self, host: Host) -> Result<Summary> {
+        let node = self.take_node(host)?;
+        node.signal(libc::SIGTERM)?;
+        let out = node.wait_with_output(STOP_LIMIT)?;
+        self.summary(host, &out)
+    }
+
+    /// Waits for the agent on `host` to end by itself (e.g. a backup whose
+    /// primary stopped); it must succeed and print its summary.
+    pub fn finish(&mut self, host: Host) -> Result<Summary> {
+        let out = self.wait_exit(host, STOP_LIMIT)?;
+        self.summary(host, &out)
+    }
+
+    /// Waits for the agent on `host` to end by itself, whatever its status.
+    pub fn wait_exit(&mut self, host: Host, limit: Duration) -> Result<Output> {
+        self.take_node(host)?.wait_with_output(limit)
+    }
+
+    fn take_node(&mut self, host: Host) -> Result<Process> {
+        self.nodes[host.index()]
+            .take()
+            .with_context(|| format!("no agent runs on host-{}", host.node()))
+    }
+
+    fn summary(&self, host: Host, out: &Output) -> Result<Summary> {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "the agent on host-{} failed ({}): {stdout}\nits log:\n{}",
+                host.node(),
+                out.status,
+                self.node_log(host).unwrap_or_default()
+            );
+        }
+        Ok(Summary::parse(&stdout))
+    }
+
+    // ---- clients ----
+
+    /// `redis-cli` against the service from the client; trimmed output.
+    pub fn redis(&self, args: &[&str]) -> Result<String> {
+        // Bounded: redis-cli alone waits forever for an unanswered connect.
+        let mut cmd = self.client.command("timeout");
+        cmd.args(["10", "redis-cli", "-h", GUEST_IP, "-p", "6379"])
+            .args(args);
+        let out = run(&mut cmd)?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    }
+
+    /// `redis-benchmark -q` against the service, in the background (at
+    /// most 5 minutes); its report is on stdout.
+    pub fn spawn_benchmark(&self, args: &[&str]) -> Result<Process> {
+        let mut cmd = self.client.command("timeout");
+        cmd.args(["300", "redis-benchmark", "-h", GUEST_IP, "-q"])
+            .args(args)
+            .stdout(Stdio::piped());
+        Process::spawn(cmd, "redis-benchmark")
+    }
+
+    /// `ft-checker` against the service on list `key`, in the background;
+    /// its `key=value` report is on stdout.
+    pub fn spawn_checker(&self, key: &str, args: &[&str]) -> Result<Process> {
+        let mut cmd = self.client.command(binary("ft-checker"));
+        cmd.args(["--host", GUEST_IP, "--key", key])
+            .args(args)
+            .stdout(Stdio::piped());
+        Process::spawn(cmd, "ft-checker")
+    }
+
+    // ---- network ----
+
+    /// Takes the `repl` link down on both hosts: the log channel is cut
+    /// both ways, everything else still flows.
+    pub fn cut_replication(&self) -> Result<()> {
+        for ns in [&self.host_a, &self.host_b] {
+            ns.exec(&["ip", "link", "set", "repl", "down"])?;
+        }
+        Ok(())
+    }
+
+    /// Takes `host`'s switch port down (`up = false`) or up again: the host
+    /// loses (or regains) the LAN, clients and arbiter included.
+    pub fn plug(&self, host: Host, up: bool) -> Result<()> {
+        let state = if up { "up" } else { "down" };
+        self.sw
+            .exec(&["ip", "link", "set", host.switch_port(), state])
+            .map(drop)
+    }
+
+    /// Runs `f` on a thread inside `host`'s namespace (e.g. to reach the
+    /// log channel, which only the two hosts can).
+    pub fn run_on<T: Send>(&self, host: Host, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        self.host(host).run_in(f)
+    }
+
+    /// Through which host's port the switch now sends the service's frames.
+    pub fn service_port(&self) -> Result<Option<Host>> {
+        let out = self.sw.exec(&["bridge", "fdb", "show", "br", "br0"])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(GUEST_MAC))
+            .find_map(|l| {
+                [Host::A, Host::B]
+                    .into_iter()
+                    .find(|h| l.contains(&format!(" dev {} ", h.switch_port())))
+            }))
+    }
+
+    /// Starts recording which host sends frames from the service MAC.
+    pub fn watch_service(&self) -> Result<ServiceWatch> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for host in [Host::A, Host::B] {
+            let socket = PacketSocket::open(&self.sw, host.switch_port())?;
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    socket.receive(Duration::from_millis(200), |frame| {
+                        if frame.get(6..12) == Some(&SERVICE_MAC[..]) {
+                            seen.push(Instant::now());
+                        }
+                        false
+                    });
+                }
+                seen
+            }));
+        }
+        Ok(ServiceWatch { stop, threads })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Stop everything first, so the logs are complete.
+        for node in &mut self.nodes {
+            drop(node.take());
+        }
+        drop(self.arbiter.take());
+        if std::thread::panicking() {
+            for log in &self.logs {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(60)..];
+                eprintln!("===== {} (last {} lines)", log.display(), tail.len());
+                for line in tail {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! Failover end to end: a primary on host-a, its backup on host-b, an
+//! arbiter and real clients on a simulated LAN (see `ft_tests::cluster`);
+//! processes are killed with SIGKILL, links cut for real.
+//!
+//! The tests run one at a time: each runs two VMs on a small machine.
+//! Failover times are printed, never asserted.
+
+use anyhow::Result;
+use ft_tests::cluster::{ArbiterState, Cluster, Host};
+use ft_tests::{require_root_and_kvm, wait_for, Process, Summary};
+use ftlog::{Entry, Payload, Position};
+use logchannel::wire::{encode, Message};
+use logchannel::Hello;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn exclusive() -> MutexGuard<'static, ()> {
+    require_root_and_kvm();
+    // A test that failed while holding the lock leaves it poisoned; the
+    // others still run.
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
+
+/// The arbiter, a backup on host-b and its primary on host-a, answering.
+fn replicated_pair(tag: &str) -> Cluster {
+    let mut cluster = Cluster::new(tag).expect("build the topology");
+    cluster.start_arbiter().expect("start the arbiter");
+    cluster.start_backup(Host::B).expect("start the backup");
+    cluster.start_primary(Host::A).expect("start the primary");
+    cluster
+}
+
+fn llen(cluster: &Cluster, key: &str) -> Result<u64> {
+    Ok(cluster.redis(&["LLEN", key])?.parse()?)
+}
+
+/// Waits until the checker has pushed `count` values to `key`.
+fn wait_pushed(cluster: &Cluster, key: &str, count: u64) {
+    wait_for("the checker to push", Duration::from_secs(30), || {
+        Ok((llen(cluster, key)? >= count).then_some(()))
+    })
+    .expect("the checker pushes through the primary");
+}
+
+/// Waits for ft-checker and returns its report, which must be a success.
+fn checker_report(checker: Process) -> Summary {
+    let out = checker
+        .wait_with_output(Duration::from_secs(120))
+        .expect("ft-checker ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("ft-checker: {}", stdout.trim_end());
+    let report = Summary::parse(&stdout);
+    assert_eq!(report.number("lost"), 0, "{stdout}");
+    assert_eq!(report.number("duplicated"), 0, "{stdout}");
+    assert_eq!(report.get("connection_survived"), "true", "{stdout}");
+    assert!(out.status.success(), "ft-checker: {}: {stdout}", out.status);
+    report
+}
+
+/// What `redis-cli LRANGE` shows must agree with the checker: exactly
+/// `v-0`, `v-1`, ... in order, every acknowledged value and the
+/// unacknowledged one the checker found, nothing else.
+fn assert_history(cluster: &Cluster, key: &str, report: &Summary) {
+    let list = cluster.redis(&["LRANGE", key, "0", "-1"]).expect("LRANGE");
+    let values: Vec<&str> = list.lines().collect();
+    let expected = report.number("acked") + report.number("unacked_present");
+    assert_eq!(values.len() as u64, expected, "LRANGE {key} vs {report:?}");
+    for (n, value) in values.iter().enumerate() {
+        assert_eq!(*value, format!("v-{n}"), "LRANGE {key} at index {n}");
+    }
+}
+
+#[test]
+fn clean_stop_leaves_the_backup_with_the_primarys_state_hash() {
+    let _one = exclusive();
+    let mut cluster = replicated_pair("fs");
+    assert_eq!(cluster.redis(&["SET", "greeting", "hello"]).unwrap(), "OK");
+
+    let bench = cluster
+        .spawn_benchmark(&["-n", "4000", "-c", "10", "-t", "set,get,incr,rpush"])
+        .unwrap();
+    let out = bench.wait_with_output(Duration::from_secs(300)).unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    eprintln!("redis-benchmark through the FT pair:\n{report}");
+    assert!(out.status.success(), "redis-benchmark: {report}");
+    assert!(report.contains("RPUSH"), "{report}");
+    assert_eq!(cluster.redis(&["GET", "greeting"]).unwrap(), "hello");
+
+    let primary = cluster.status(Host::A).unwrap().expect("primary status");
+    assert_eq!(primary.role(), "primary", "{primary:?}");
+    assert!(primary.number("acked") > 0, "{primary:?}");
+    let backup = cluster.status(Host::B).unwrap().expect("backup status");
+    assert_eq!(backup.role(), "backup", "{backup:?}");
+
+    let primary = cluster.stop(Host::A).unwrap();
+    let backup = cluster.finish(Host::B).unwrap();
+    eprintln!("primary: {primary:?}\nbackup: {backup:?}");
+    assert_eq!(backup.get("state_hash"), primary.get("state_hash"));
+    assert_eq!(backup.number("exits"), primary.number("exits"));
+    // Nothing failed over: the primary's own claim at start is the only one.
+    assert_eq!(
+        cluster.arbiter_state().unwrap(),
+        ArbiterState {
+            generation: 1,
+            owner: "a".into()
+        }
+    );
+}
+
+#[test]
+fn kill_9_of_the_primary_mid_history_the_backup_continues_the_same_connection() {
+    let _one = exclusive();
+    let mut cluster = replicated_pair("fk");
+    assert_eq!(cluster.redis(&["SET", "before", "failover"]).unwrap(), "OK");
+    let before = cluster.arbiter_state().unwrap();
+
+    let checker = cluster
+        .spawn_checker("history", &["--duration-ms", "15000", "--pause-ms", "2"])
+        .unwrap();
+    wait_pushed(&cluster, "history", 200);
+    let kill = Instant::now();
+    cluster.kill(Host::A).unwrap();
+    cluster.wait_serving(Host::B, FAILOVER_LIMIT).unwrap();
+    eprintln!("host-b serves {:?} after the kill", kill.elapsed());
+    // Values acknowledged beyond this were acknowledged by host-b.
+    let at_go_live = llen(&cluster, "history").unwrap();
+
+    let report = checker_report(checker);
+    eprintln!(
+        "failover seen by the client: {} ms",
+        report.number("max_gap_ms")
+    );
+    assert!(
+        report.number("acked") > at_go_live,
+        "nothing acknowledged after the failover: {report:?}, {at_go_live} at go-live"
+    );
+    assert_history(&cluster, "history", &report);
+    assert_eq!(cluster.redis(&["GET", "before"]).unwrap(), "failover");
+
+    let after = cluster.arbiter_state().unwrap();
+    assert_eq!(
+        after,
+        ArbiterState {
+            generation: before.generation + 1,
+            owner: "b".into()
+        }
+    );
+    let live = cluster.status(Host::B).unwrap().expect("host-b status");
+    assert_eq!(live.number("generation"), after.generation, "{live:?}");
+    assert_eq!(cluster.service_port().unwrap(), Some(Host::B));
+    cluster.stop(Host::B).unwrap();
+}
+
+#[test]
+fn cutting_the_log_channel_leaves_exactly_one_side_serving() {
+    let _one = exclusive();
+    let mut cluster = replicated_pair("fp");
+    let before = cluster.arbiter_state().unwrap();
+    let watch = cluster.watch_service().unwrap();
+    let checker = cluster
+        .spawn_checker("partition", &["--duration-ms", "15000", "--pause-ms", "2"])
+        .unwrap();
+    wait_pushed(&cluster, "partition", 200);
+
+    cluster.cut_replication().unwrap();
+    let cut = Instant::now();
+    // Until one side serves under the next generation and the other has
+    // ended or halted; never both serving alone meanwhile.
+    let winner = wait_for("one side to win", Duration::from_secs(60), || {
+        let (mut won, mut out, mut seen) = (vec![], vec![], vec![]);
+        for host in [Host::A, Host::B] {
+            let running = cluster.is_running(host);
+            let status = cluster.status(host)?;
+            // Going on alone takes a new generation from the arbiter.
+            let next_generation = status
+                .as_ref()
+                .is_some_and(|s| s.is_serving() && s.number("generation") > before.generation);
+            if running && next_generation {
+                won.push(host);
+            }
+            if !running || status.as_ref().is_some_and(|s| s.role() == "halted") {
+                out.push(host);
+            }
+            seen.push(format!("host-{} running={running} {status:?}", host.node()));
+        }
+        assert!(won.len() < 2, "both sides serve alone: {seen:?}");
+        Ok(match won[..] {
+            [host] if out.contains(&host.other()) => Some(host),
+            _ => None,
+        })
+    })
+    .unwrap();
+    let loser = winner.other();
+    eprintln!(
+        "host-{} won {:?} after the cut",
+        winner.node(),
+        cut.elapsed()
+    );
+
+    // The loser halts: its process ends, with a failure.
+    let ended = cluster.wait_exit(loser, Duration::from_secs(30)).unwrap();
+    assert!(
+        !ended.status.success(),
+        "the losing host-{} exited with success",
+        loser.node()
+    );
+    let last = cluster.status(loser).unwrap().expect("the loser's status");
+    assert_eq!(last.role(), "halted", "{last:?}");
+
+    // The client's connection went on, whichever side won.
+    let report = checker_report(checker);
+    eprintln!(
+        "longest wait seen by the client: {} ms",
+        report.number("max_gap_ms")
+    );
+    assert_history(&cluster, "partition", &report);
+    assert_eq!(cluster.redis(&["SET", "after", "cut"]).unwrap(), "OK");
+    assert_eq!(cluster.redis(&["GET", "after"]).unwrap(), "cut");
+
+    // Client traffic reaches the winner only: the switch sends it there,
+    // and once the winner served after the cut, no service frame came
+    // from the loser.
+    assert_eq!(cluster.service_port().unwrap(), Some(winner));
+    let frames = watch.finish();
+    let took_over = *frames
+        .from(winner)
+        .iter()
+        .find(|&&t| t > cut)
+        .expect("the winner sent service frames after the cut");
+    let late = frames
+        .from(loser)
+        .iter()
+        .filter(|&&t| t > took_over)
+        .count();
+    assert_eq!(
+        late,
+        0,
+        "host-{} sent service frames after host-{} took over",
+        loser.node(),
+        winner.node()
+    );
+
+    let after = cluster.arbiter_state().unwrap();
+    assert_eq!(
+        after,
+        ArbiterState {
+            generation: before.generation + 1,
+            owner: winner.node().into()
+        }
+    );
+    cluster.stop(winner).unwrap();
+}
+
+#[test]
+fn an_isolated_primary_that_lost_the_arbiter_halts_when_it_comes_back() {
+    let _one = exclusive();
+    let mut cluster = replicated_pair("fi");
+    let before = cluster.arbiter_state().unwrap();
+    let watch = cluster.watch_service().unwrap();
+    let checker = cluster
+        .spawn_checker("isolated", &["--duration-ms", "15000", "--pause-ms", "2"])
+        .unwrap();
+    wait_pushed(&cluster, "isolated", 200);
+
+    // host-a loses everything: its backup, the arbiter and the clients.
+    cluster.cut_replication().unwrap();
+    cluster.plug(Host::A, false).unwrap();
+    let cut = Instant::now();
+    cluster.wait_serving(Host::B, FAILOVER_LIMIT).unwrap();
+    eprintln!("host-b serves {:?} after the cut", cut.elapsed());
+    let after = cluster.arbiter_state().unwrap();
+    assert_eq!(
+        after,
+        ArbiterState {
+            generation: before.generation + 1,
+            owner: "b".into()
+        }
+    );
+
+    // host-a comes back: the arbiter says no, and it halts without
+    // releasing anything it held.
+    cluster.plug(Host::A, true).unwrap();
+    let ended = cluster.wait_exit(Host::A, Duration::from_secs(30)).unwrap();
+    assert!(!ended.status.success(), "host-a exited with success");
+    let last = cluster.status(Host::A).unwrap().expect("host-a's status");
+    assert_eq!(last.role(), "halted", "{last:?}");
+
+    let report = checker_report(checker);
+    eprintln!(
+        "longest wait seen by the client: {} ms",
+        report.number("max_gap_ms")
+    );
+    assert_history(&cluster, "isolated", &report);
+    assert_eq!(cluster.service_port().unwrap(), Some(Host::B));
+    let frames = watch.finish();
+    let took_over = *frames
+        .from(Host::B)
+        .iter()
+        .find(|&&t| t > cut)
+        .expect("host-b sent service frames after the cut");
+    let late = frames
+        .from(Host::A)
+        .iter()
+        .filter(|&&t| t > took_over)
+        .count();
+    assert_eq!(late, 0, "host-a sent service frames after host-b took over");
+    assert_eq!(cluster.arbiter_state().unwrap(), after);
+    cluster.stop(Host::B).unwrap();
+}
+
+#[test]
+fn generations_keep_growing_across_failovers_and_an_arbiter_restart() {
+    let _one = exclusive();
+    let mut cluster = replicated_pair("fg");
+    let first = cluster.arbiter_state().unwrap();
+    assert_eq!(first.owner, "a");
+    assert_eq!(cluster.redis(&["SET", "pair", "1"]).unwrap(), "OK");
+
+    cluster.kill(Host::A).unwrap();
+    cluster.wait_serving(Host::B, FAILOVER_LIMIT).unwrap();
+    assert_eq!(cluster.redis(&["GET", "pair"]).unwrap(), "1");
+    let second = cluster.arbiter_state().unwrap();
+    assert!(second.generation > first.generation, "{second:?}");
+    assert_eq!(second.owner, "b");
+
+    // The arbiter dies and comes back on the same state file.
+    cluster.restart_arbiter().unwrap();
+    assert_eq!(cluster.arbiter_state().unwrap(), second);
+
+    // A new pair (a backup replays from boot): host-b, live now, becomes
+    // the next primary, host-a its backup.
+    cluster.stop(Host::B).unwrap();
+    cluster.start_backup(Host::A).unwrap();
+    cluster.start_primary(Host::B).unwrap();
+    let third = cluster.arbiter_state().unwrap();
+    assert!(third.generation > second.generation, "{third:?}");
+    assert_eq!(third.owner, "b");
+    assert_eq!(cluster.redis(&["SET", "pair", "2"]).unwrap(), "OK");
+
+    cluster.kill(Host::B).unwrap();
+    cluster.wait_serving(Host::A, FAILOVER_LIMIT).unwrap();
+    assert_eq!(cluster.redis(&["GET", "pair"]).unwrap(), "2");
+    let fourth = cluster.arbiter_state().unwrap();
+    assert!(fourth.generation > third.generation, "{fourth:?}");
+    assert_eq!(fourth.owner, "a");
+    let live = cluster.status(Host::A).unwrap().expect("host-a status");
+    assert_eq!(live.number("generation"), fourth.generation, "{live:?}");
+
+    // Four claims won (two starts, two go-lives), each generation granted
+    // once, across both lives of the arbiter.
+    assert_eq!(
+        cluster.arbiter_grants().unwrap(),
+        [
+            first.generation,
+            second.generation,
+            third.generation,
+            fourth.generation
+        ]
+    );
+    cluster.stop(Host::A).unwrap();
+}
+
+/// Connects to the backup's log channel port from host-a, sends `bytes`,
+/// ends the connection's sending side and waits for the backup to close
+/// it. Returns the connection's own address, which the backup logs.
+fn send_rogue(cluster: &Cluster, bytes: &[u8]) -> SocketAddr {
+    let backup: SocketAddr = Host::B.backup_addr().parse().unwrap();
+    cluster
+        .run_on(Host::A, || {
+            let mut conn = TcpStream::connect_timeout(&backup, Duration::from_secs(5))?;
+            conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let local = conn.local_addr()?;
+            conn.write_all(bytes)?;
+            conn.shutdown(Shutdown::Write)?;
+            let mut answer = Vec::new();
+            match conn.read_to_end(&mut answer) {
+                // A close with our bytes unread arrives as a reset.
+                Ok(_) => Ok(local),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => Ok(local),
+                Err(e) => Err(anyhow::Error::new(e).context("the backup kept the connection")),
+            }
+        })
+        .expect("talk to the backup's log channel port")
+}
+
+#[test]
+fn garbage_bad_frames_and_a_wrong_image_are_refused_while_replication_goes_on() {
+    let _one = exclusive();
+    let mut cluster = replicated_pair("fr");
+    let checker = cluster
+        .spawn_checker("rogue", &["--duration-ms", "15000", "--pause-ms", "2"])
+        .unwrap();
+    wait_pushed(&cluster, "rogue", 100);
+
+    let entry = Entry {
+        seq: 0,
+        position: Position {
+            exit: 1,
+            rip: 0x10_0000,
+        },
+        payload: Payload::Clock(1_000_000),
+    };
+    let mut frame = Vec::new();
+    encode(&Message::Entry(entry), &mut frame);
+    let truncated = frame[..frame.len() - 4].to_vec();
+    let mut bad_checksum = frame.clone();
+    *bad_checksum.last_mut().unwrap() ^= 0x5a;
+    let mut wrong_image = Vec::new();
+    encode(
+        &Message::Hello(Hello::new([0xee; 32], [0; 32], "rogue", 0)),
+        &mut wrong_image,
+    );
+    let cases = [
+        (
+            "garbage",
+            b"GET / HTTP/1.1\r\nHost: backup\r\n\r\n".to_vec(),
+            "unknown message tag",
+        ),
+        ("a truncated frame", truncated, "truncated"),
+        ("a frame with a bad checksum", bad_checksum, "bad checksum"),
+        (
+            "a hello with a wrong image",
+            wrong_image,
+            "guest image differs",
+        ),
+    ];
+    for (what, bytes, reason) in cases {
+        let peer = format!("peer={}", send_rogue(&cluster, &bytes));
+        let line = wait_for(
+            &format!("the backup to log {what}"),
+            Duration::from_secs(10),
+            || {
+                let log = cluster.node_log(Host::B)?;
+                Ok(log.lines().find(|l| l.contains(&peer)).map(str::to_string))
+            },
+        )
+        .unwrap();
+        eprintln!("{what}: {line}");
+        assert!(
+            line.contains("refused connection") && line.contains(reason),
+            "{what}: {line}"
+        );
+    }
+
+    // Replication went on: no failover, the client saw nothing, and the
+    // backup ends where the primary does.
+    let report = checker_report(checker);
+    assert_history(&cluster, "rogue", &report);
+    let log = cluster.node_log(Host::B).unwrap();
+    assert!(!log.contains("primary lost"), "{log}");
+    let backup = cluster.status(Host::B).unwrap().expect("backup status");
+    assert_eq!(backup.role(), "backup", "{backup:?}");
+    let primary = cluster.stop(Host::A).unwrap();
+    let backup = cluster.finish(Host::B).unwrap();
+    assert_eq!(backup.get("state_hash"), primary.get("state_hash"));
+}

@@ -95,9 +95,12 @@ pub fn bench() -> Result<()> {
         exits(&xdp),
         exits(&ft)
     );
-    let percentiles: [(&str, fn(&Rate) -> f64); 2] = [("p50", |r| r.p50_ms), ("p99", |r| r.p99_ms)];
-    for (name, pick) in percentiles {
-        let [a, b, c, d] = [&tap, &recording, &xdp, &ft].map(|r| pick(&r.latency));
+    let latencies = [&tap, &recording, &xdp, &ft].map(|r| r.latency);
+    for (name, values) in [
+        ("p50", latencies.map(|l| l.p50_ms)),
+        ("p99", latencies.map(|l| l.p99_ms)),
+    ] {
+        let [a, b, c, d] = values;
         println!(
             "| SET latency {name}, 1 client (ms) | {a:.3} | {b:.3} | {c:.3} | {d:.3} | | | FT adds {:.3} ms |",
             d - c

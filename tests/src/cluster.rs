@@ -177,6 +177,10 @@ pub struct Cluster {
     // scratch directory and the namespaces they live in.
     nodes: [Option<Process>; 2],
     arbiter: Option<Process>,
+    /// The command lines of the latest agent on each host and of the
+    /// arbiter, as `command_line` renders them.
+    node_commands: [Option<String>; 2],
+    arbiter_command: Option<String>,
     /// The latest log of the agent on each host (kept after it ends).
     node_logs: [Option<PathBuf>; 2],
     /// Every log written, oldest first; shown when a test panics.
@@ -228,6 +232,8 @@ impl Cluster {
         Ok(Cluster {
             nodes: [None, None],
             arbiter: None,
+            node_commands: [None, None],
+            arbiter_command: None,
             node_logs: [None, None],
             logs: Vec::new(),
             scratch: ScratchDir::new(&format!("cluster-{tag}")),
@@ -267,6 +273,7 @@ impl Cluster {
             .arg("--init")
             .stdout(Stdio::null())
             .stderr(file);
+        self.arbiter_command = Some(command_line(&cmd));
         self.arbiter = Some(Process::spawn(cmd, "arbiter")?);
         wait_for("the arbiter to answer", Duration::from_secs(10), || {
             self.arbiter_state().map(Some)
@@ -386,6 +393,7 @@ impl Cluster {
         ));
         let file = File::create(&log).with_context(|| format!("create {}", log.display()))?;
         cmd.stderr(file);
+        self.node_commands[host.index()] = Some(command_line(&cmd));
         self.nodes[host.index()] = Some(Process::spawn(cmd, what)?);
         self.node_logs[host.index()] = Some(log.clone());
         self.logs.push(log);
@@ -451,6 +459,21 @@ impl Cluster {
         std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
     }
 
+    /// The exact command line of the latest agent started on `host`.
+    pub fn node_command_line(&self, host: Host) -> Option<&str> {
+        self.node_commands[host.index()].as_deref()
+    }
+
+    /// The exact command line of the latest arbiter started.
+    pub fn arbiter_command_line(&self) -> Option<&str> {
+        self.arbiter_command.as_deref()
+    }
+
+    /// The pid of the agent running on `host`, if one runs.
+    pub fn pid(&self, host: Host) -> Option<u32> {
+        self.nodes[host.index()].as_ref().map(Process::pid)
+    }
+
     pub fn is_running(&mut self, host: Host) -> bool {
         self.nodes[host.index()]
             .as_mut()
@@ -509,32 +532,38 @@ impl Cluster {
 
     /// `redis-cli` against the service from the client; trimmed output.
     pub fn redis(&self, args: &[&str]) -> Result<String> {
-        // Bounded: redis-cli alone waits forever for an unanswered connect.
-        let mut cmd = self.client.command("timeout");
-        cmd.args(["10", "redis-cli", "-h", GUEST_IP, "-p", "6379"])
-            .args(args);
-        let out = run(&mut cmd)?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+        crate::redis_cli(&self.client, args)
     }
 
     /// `redis-benchmark -q` against the service, in the background (at
     /// most 5 minutes); its report is on stdout.
     pub fn spawn_benchmark(&self, args: &[&str]) -> Result<Process> {
+        Process::spawn(self.benchmark_command(args), "redis-benchmark")
+    }
+
+    /// The command `spawn_benchmark` runs, to adjust before spawning it.
+    /// SIGTERM (not SIGKILL) stops it: `timeout` passes it on.
+    pub fn benchmark_command(&self, args: &[&str]) -> Command {
         let mut cmd = self.client.command("timeout");
         cmd.args(["300", "redis-benchmark", "-h", GUEST_IP, "-q"])
             .args(args)
             .stdout(Stdio::piped());
-        Process::spawn(cmd, "redis-benchmark")
+        cmd
     }
 
     /// `ft-checker` against the service on list `key`, in the background;
     /// its `key=value` report is on stdout.
     pub fn spawn_checker(&self, key: &str, args: &[&str]) -> Result<Process> {
+        Process::spawn(self.checker_command(key, args), "ft-checker")
+    }
+
+    /// The command `spawn_checker` runs, to adjust before spawning it.
+    pub fn checker_command(&self, key: &str, args: &[&str]) -> Command {
         let mut cmd = self.client.command(binary("ft-checker"));
         cmd.args(["--host", GUEST_IP, "--key", key])
             .args(args)
             .stdout(Stdio::piped());
-        Process::spawn(cmd, "ft-checker")
+        cmd
     }
 
     // ---- network ----
@@ -598,6 +627,42 @@ impl Cluster {
             }));
         }
         Ok(ServiceWatch { stop, threads })
+    }
+}
+
+/// `cmd` as one shell line, the way a systemd `ExecStart=` would have it:
+/// `env K=V` for its environment, then the program and its arguments,
+/// single-quoted where they need it.
+pub fn command_line(cmd: &Command) -> String {
+    let env: Vec<String> = cmd
+        .get_envs()
+        .filter_map(|(key, value)| {
+            Some(format!("{}={}", key.to_string_lossy(), value?.to_string_lossy()))
+        })
+        .collect();
+    let mut words = Vec::new();
+    if !env.is_empty() {
+        words.push("env".to_string());
+        words.extend(env);
+    }
+    words.extend(
+        std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|w| w.to_string_lossy().into_owned()),
+    );
+    words
+        .iter()
+        .map(|w| shell_word(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:=@%+,".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
 

@@ -323,12 +323,7 @@ impl Guest {
 
     /// Runs `redis-cli` against the guest and returns its trimmed output.
     pub fn redis(&self, args: &[&str]) -> Result<String> {
-        // Bounded: redis-cli alone waits forever for an unanswered connect.
-        let mut cmd = self.client.command("timeout");
-        cmd.args(["10", "redis-cli", "-h", GUEST_IP, "-p", "6379"])
-            .args(args);
-        let out = run(&mut cmd)?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+        redis_cli(&self.client, args)
     }
 
     /// Stops the agent with SIGTERM and returns its `key=value` summary.
@@ -352,6 +347,16 @@ impl Guest {
         let namespaces = std::iter::once(self.client).chain(self.host).collect();
         Ok((Summary::parse(&stdout), namespaces))
     }
+}
+
+/// `redis-cli` against the service from `client`; its trimmed output.
+pub fn redis_cli(client: &Netns, args: &[&str]) -> Result<String> {
+    // Bounded: redis-cli alone waits forever for an unanswered connect.
+    let mut cmd = client.command("timeout");
+    cmd.args(["10", "redis-cli", "-h", GUEST_IP, "-p", "6379"])
+        .args(args);
+    let out = run(&mut cmd)?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
 }
 
 fn spawn_agent(ns: &Netns, nic: &[&str], extra: &[&std::ffi::OsStr]) -> Result<Process> {

@@ -637,7 +637,11 @@ pub fn command_line(cmd: &Command) -> String {
     let env: Vec<String> = cmd
         .get_envs()
         .filter_map(|(key, value)| {
-            Some(format!("{}={}", key.to_string_lossy(), value?.to_string_lossy()))
+            Some(format!(
+                "{}={}",
+                key.to_string_lossy(),
+                value?.to_string_lossy()
+            ))
         })
         .collect();
     let mut words = Vec::new();

@@ -6,6 +6,7 @@
 //! first; a missing facility is a loud failure, never a skip.
 
 pub mod cluster;
+pub mod demo;
 pub mod elf;
 pub mod l2;
 

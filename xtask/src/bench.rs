@@ -6,13 +6,11 @@
 //! and failover time over repeated `kill -9` of the primary, measured by the
 //! one-connection checker as its longest wait for an answer.
 
-use crate::test::TEST_PACKAGES;
-use crate::util::{ensure_apt_packages, run, workspace_root};
+use crate::util::prepare;
 use anyhow::{bail, ensure, Context, Result};
 use ft_tests::cluster::{Cluster, Host};
 use ft_tests::{Guest, Netns, ScratchDir, Summary, GUEST_IP};
 use std::ffi::OsStr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const CLIENTS: &str = "50";
@@ -60,12 +58,7 @@ impl Run {
 }
 
 pub fn bench() -> Result<()> {
-    ensure_apt_packages(TEST_PACKAGES)?;
-    crate::guest::build()?;
-    crate::ebpf::build()?;
-    run(Command::new(env!("CARGO"))
-        .current_dir(workspace_root())
-        .args(["build", "--release", "--workspace", "--bins"]))?;
+    prepare()?;
 
     let tap = measure(Setup::Tap { record: false })?;
     let recording = measure(Setup::Tap { record: true })?;

@@ -2,7 +2,7 @@
 //! (Debian's Rust 1.96 + bpf-linker, see shared/README.md §3) and builds
 //! `ebpf/` into target/bpf/ft-ebpf.o, the object xdpnet embeds.
 
-use crate::util::{ensure_apt_packages, is_root, run, workspace_root};
+use crate::util::{ensure_apt_packages, is_root, run, separate_workspace_build, workspace_root};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,27 +40,11 @@ pub fn build() -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut paths = vec![linker_dir];
     paths.extend(std::env::split_paths(&path));
-    let mut cargo = Command::new("cargo");
+    let mut cargo = separate_workspace_build(&ebpf_dir, TOOLCHAIN);
+    // build-std on a stable-channel compiler.
     cargo
-        .arg(format!("+{TOOLCHAIN}"))
-        .args(["build", "--release", "--locked"])
-        .current_dir(&ebpf_dir)
-        // build-std on a stable-channel compiler.
         .env("RUSTC_BOOTSTRAP", "1")
         .env("PATH", std::env::join_paths(paths)?);
-    // What `cargo run` of xtask exported would override the eBPF crate's
-    // own target, toolchain and flags (.cargo/config.toml there).
-    for var in [
-        "RUSTUP_TOOLCHAIN",
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-    ] {
-        cargo.env_remove(var);
-    }
     run(&mut cargo)?;
 
     let built = ebpf_dir.join("target/bpfel-unknown-none/release/ft-ebpf");

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the project's build and run tasks.
 
 mod bench;
+mod demo;
 mod ebpf;
 mod guest;
 mod test;
@@ -24,6 +25,8 @@ enum Task {
     BuildEbpf,
     /// Measure throughput and overheads with real clients; prints one table.
     Bench,
+    /// Kill the primary of a replicated guest under real client load, live.
+    Demo(demo::DemoArgs),
     /// Install what the tests need, lint, build and run every test.
     Test,
 }
@@ -34,5 +37,6 @@ fn main() -> Result<()> {
         Task::BuildEbpf => ebpf::build().map(drop),
         Task::Test => test::test(),
         Task::Bench => bench::bench(),
+        Task::Demo(args) => demo::demo(&args),
     }
 }

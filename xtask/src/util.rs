@@ -1,7 +1,7 @@
 //! Small helpers shared by the tasks.
 
 use anyhow::{bail, Context, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The workspace root (xtask lives one level below it).
@@ -10,6 +10,46 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .expect("xtask is inside the workspace")
         .to_path_buf()
+}
+
+/// `cargo` (the one running xtask) in the workspace root.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// `cargo build --release --locked` in `dir`, a separate workspace with its
+/// own target and flags (its .cargo/config.toml): the variables the caller's
+/// environment (or `cargo run` of xtask) exported would override them.
+pub fn separate_workspace_build(dir: &Path, toolchain: &str) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["build", "--release", "--locked"])
+        .current_dir(dir)
+        .env("RUSTUP_TOOLCHAIN", toolchain);
+    for var in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_TARGET_DIR",
+        "CARGO_TARGET_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// What running the system needs, on a fresh machine: the Debian packages
+/// the tests drive (and the eBPF toolchain), the guest, the eBPF object
+/// and the workspace's binaries.
+pub fn prepare() -> Result<()> {
+    ensure_apt_packages(crate::test::TEST_PACKAGES)?;
+    crate::guest::build()?;
+    crate::ebpf::build()?;
+    run(cargo().args(["build", "--release", "--workspace", "--bins"]))
 }
 
 /// Runs a command, echoing it, and fails if it fails.

@@ -16,6 +16,10 @@
 //!
 //! and exits 0 only if nothing was lost or duplicated and the connection
 //! survived; 1 if the history is wrong; 2 if it could not check at all.
+//!
+//! For a live view, `--progress-ms N` prints `progress acked=N` to stderr
+//! at most every N ms while it pushes, and `--until-stdin-closes` lets the
+//! caller decide when to stop (it also stops if the caller dies).
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -23,10 +27,13 @@ use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(about = "RPUSH unique values on one connection, then check none was lost or doubled")]
+#[command(group = clap::ArgGroup::new("limit").required(true))]
 struct Cli {
     #[arg(long)]
     host: String,
@@ -36,11 +43,17 @@ struct Cli {
     #[arg(long)]
     key: String,
     /// Push for this long.
-    #[arg(long, required_unless_present = "count", conflicts_with = "count")]
+    #[arg(long, group = "limit")]
     duration_ms: Option<u64>,
     /// Push this many values.
-    #[arg(long)]
+    #[arg(long, group = "limit")]
     count: Option<u64>,
+    /// Push until standard input closes.
+    #[arg(long, group = "limit")]
+    until_stdin_closes: bool,
+    /// Print `progress acked=N` to stderr at most this often (0: never).
+    #[arg(long, default_value_t = 0)]
+    progress_ms: u64,
     /// Pause between one answer and the next request.
     #[arg(long, default_value_t = 0)]
     pause_ms: u64,
@@ -57,14 +70,29 @@ struct Cli {
 enum Limit {
     Until(Instant),
     Count(u64),
+    /// Set once standard input has closed.
+    Closed(Arc<AtomicBool>),
 }
 
 impl Limit {
     fn reached(&self, sent: u64) -> bool {
-        match *self {
-            Limit::Until(deadline) => Instant::now() >= deadline,
-            Limit::Count(count) => sent >= count,
+        match self {
+            Limit::Until(deadline) => Instant::now() >= *deadline,
+            Limit::Count(count) => sent >= *count,
+            Limit::Closed(closed) => closed.load(Ordering::Relaxed),
         }
+    }
+
+    /// A limit that a thread sets when standard input reaches its end (or
+    /// fails).
+    fn stdin_closes() -> Limit {
+        let closed = Arc::new(AtomicBool::new(false));
+        let flag = closed.clone();
+        std::thread::spawn(move || {
+            let _ = io::copy(&mut io::stdin().lock(), &mut io::sink());
+            flag.store(true, Ordering::Relaxed);
+        });
+        Limit::Closed(closed)
     }
 }
 
@@ -101,11 +129,19 @@ fn run(cli: &Cli) -> Result<bool> {
     let limit = match (cli.duration_ms, cli.count) {
         (Some(ms), _) => Limit::Until(Instant::now() + Duration::from_millis(ms)),
         (None, Some(count)) => Limit::Count(count),
-        (None, None) => bail!("give --duration-ms or --count"),
+        (None, None) if cli.until_stdin_closes => Limit::stdin_closes(),
+        (None, None) => bail!("give --duration-ms, --count or --until-stdin-closes"),
     };
 
     let conn = Connection::open(addr, connect_timeout, request_timeout)?;
-    let history = push(conn, &cli.key, &limit, Duration::from_millis(cli.pause_ms));
+    let progress = Progress::every(Duration::from_millis(cli.progress_ms));
+    let history = push(
+        conn,
+        &cli.key,
+        &limit,
+        Duration::from_millis(cli.pause_ms),
+        progress,
+    );
 
     let mut reader = Connection::open(addr, connect_timeout, request_timeout)
         .context("the final read needs a fresh connection")?;
@@ -149,8 +185,37 @@ fn value_name(n: u64) -> String {
     format!("v-{n}")
 }
 
+/// `progress acked=N` lines on stderr, for a live view.
+struct Progress {
+    every: Duration,
+    last: Instant,
+}
+
+impl Progress {
+    /// Lines at most `every` apart; none if it is zero.
+    fn every(every: Duration) -> Progress {
+        Progress {
+            every,
+            last: Instant::now(),
+        }
+    }
+
+    fn acked(&mut self, acked: usize) {
+        if !self.every.is_zero() && self.last.elapsed() >= self.every {
+            self.last = Instant::now();
+            eprintln!("progress acked={acked}");
+        }
+    }
+}
+
 /// Pushes `v-0`, `v-1`, ... on `conn` until `limit`, never reconnecting.
-fn push(mut conn: Connection, key: &str, limit: &Limit, pause: Duration) -> History {
+fn push(
+    mut conn: Connection,
+    key: &str,
+    limit: &Limit,
+    pause: Duration,
+    mut progress: Progress,
+) -> History {
     let mut history = History {
         acked: Vec::new(),
         unacked: Vec::new(),
@@ -167,6 +232,7 @@ fn push(mut conn: Connection, key: &str, limit: &Limit, pause: Duration) -> Hist
                 history.max_gap = history.max_gap.max(now - last_ack);
                 last_ack = now;
                 history.acked.push(n);
+                progress.acked(history.acked.len());
             }
             Ok(reply) => {
                 // The server answered, so the connection lives, but this

@@ -9,14 +9,16 @@ use std::process::Command;
 
 /// Debian packages the eBPF build and the xdp tests need: the Rust 1.96
 /// compiler with its library sources (build-std), its cargo and clippy;
-/// LLVM 22 for bpf-linker (named: it only arrives as a recommendation);
-/// bpftool, iproute2 (ip, tc) and ping for the tests.
+/// LLVM 22 for bpf-linker (named: it only arrives as a recommendation) and
+/// the zlib it links against; bpftool, iproute2 (ip, tc) and ping for the
+/// tests.
 const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
     "rust-web-src",
     "rust-web-clippy",
     "llvm-22-dev",
+    "zlib1g-dev",
     "clang-19",
     "libbpf-dev",
     "bpftool",

@@ -48,7 +48,7 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let mut pcap_error = None;
     let mut on_output = |output: ReplayedOutput| {
         if let Some(pcap) = &mut pcap {
-            if let Err(e) = pcap.write(output.frame, output.clock_ns) {
+            if let Err(e) = pcap.write(&output.frame, output.clock_ns) {
                 pcap_error.get_or_insert(e);
             }
         }

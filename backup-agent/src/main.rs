@@ -80,11 +80,7 @@ fn run(args: Args) -> Result<ExitCode> {
         status.clone(),
         unreleased.clone(),
     );
-    let mut keep_unreleased = |output: ReplayedOutput| {
-        unreleased
-            .borrow_mut()
-            .push(output.seq, output.frame, output.clock_ns);
-    };
+    let mut keep_unreleased = |output: ReplayedOutput| unreleased.borrow_mut().push(output);
     let end = Replayer::new(machine).run(&mut source, &mut keep_unreleased);
     let handover = match end {
         Ok(ReplayEnd::Halted(summary)) => {
@@ -162,8 +158,8 @@ fn go_live(
     };
     out.nic.announce().context("announce the service address")?;
     let resent = unreleased.borrow_mut().take();
-    for (_, frame, clock_ns) in &resent {
-        out.send(frame, *clock_ns)?;
+    for output in &resent {
+        out.send(&output.frame, output.clock_ns)?;
     }
     status.set_role(Role::PrimaryAlone);
     tracing::info!(

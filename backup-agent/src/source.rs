@@ -11,46 +11,42 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vmm::replay::ReplayedOutput;
 use vmm::EntrySource;
 
 /// Replayed output frames the primary may not have released yet: those
 /// after its last reported release watermark. A backup that goes live sends
 /// them again (a receiver's TCP drops what it already has), so failover does
-/// not wait for the guest's retransmission timer.
+/// not wait for the guest's retransmission timer. (A frame is kept before
+/// the backup acks it, so it is never already past the watermark.)
 #[derive(Default)]
-pub struct Unreleased {
-    watermark: Option<u64>,
-    frames: VecDeque<(u64, Vec<u8>, u64)>,
-}
+pub struct Unreleased(VecDeque<ReplayedOutput>);
 
 impl Unreleased {
-    pub fn push(&mut self, seq: u64, frame: &[u8], clock_ns: u64) {
-        if self.watermark.is_none_or(|w| seq > w) {
-            self.frames.push_back((seq, frame.to_vec(), clock_ns));
-        }
+    pub fn push(&mut self, output: ReplayedOutput) {
+        self.0.push_back(output);
     }
 
     fn released_through(&mut self, seq: u64) {
-        self.watermark = Some(self.watermark.map_or(seq, |w| w.max(seq)));
-        while self.frames.front().is_some_and(|(s, _, _)| *s <= seq) {
-            self.frames.pop_front();
+        while self.0.front().is_some_and(|output| output.seq <= seq) {
+            self.0.pop_front();
         }
     }
 
-    pub fn take(&mut self) -> VecDeque<(u64, Vec<u8>, u64)> {
-        std::mem::take(&mut self.frames)
+    pub fn take(&mut self) -> VecDeque<ReplayedOutput> {
+        std::mem::take(&mut self.0)
     }
 }
 
 pub struct ChannelSource {
-    pub listener: BackupListener,
-    pub stop: Arc<AtomicBool>,
-    pub status: Arc<Status>,
-    pub unreleased: Rc<RefCell<Unreleased>>,
+    listener: BackupListener,
+    stop: Arc<AtomicBool>,
+    status: Arc<Status>,
+    unreleased: Rc<RefCell<Unreleased>>,
     /// The generation the current primary announced.
     pub primary_generation: Option<u64>,
-    /// Why the primary's session ended.
-    pub lost: Option<String>,
+    /// The primary's session has ended.
+    lost: bool,
     received: VecDeque<(Entry, Instant)>,
 }
 
@@ -67,7 +63,7 @@ impl ChannelSource {
             status,
             unreleased,
             primary_generation: None,
-            lost: None,
+            lost: false,
             received: VecDeque::new(),
         }
     }
@@ -85,9 +81,15 @@ impl ChannelSource {
             Event::Released(seq) => self.unreleased.borrow_mut().released_through(seq),
             Event::PrimaryLost { reason } => {
                 tracing::warn!(%reason, "lost the primary");
-                self.lost = Some(reason.to_string());
+                self.lost = true;
             }
         }
+    }
+
+    /// The listener itself stopped: the session is over too.
+    fn listener_stopped(&mut self, error: logchannel::LinkError) {
+        tracing::warn!(%error, "the log channel listener stopped");
+        self.lost = true;
     }
 
     fn update_lag(&self) {
@@ -106,11 +108,11 @@ impl EntrySource for ChannelSource {
     fn next_entry(&mut self) -> Result<Option<Entry>, LogError> {
         loop {
             // Take whatever already arrived, so the lag is visible.
-            while self.lost.is_none() {
+            while !self.lost {
                 match self.listener.next(Duration::ZERO) {
                     Ok(Some(event)) => self.handle(event),
                     Ok(None) => break,
-                    Err(e) => self.lost = Some(e.to_string()),
+                    Err(e) => self.listener_stopped(e),
                 }
             }
             self.update_lag();
@@ -120,13 +122,13 @@ impl EntrySource for ChannelSource {
                     .store(entry.position.exit + 1, Ordering::Relaxed);
                 return Ok(Some(entry));
             }
-            if self.lost.is_some() || self.stop.load(Ordering::Relaxed) {
+            if self.lost || self.stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }
             match self.listener.next(Duration::from_millis(100)) {
                 Ok(Some(event)) => self.handle(event),
                 Ok(None) => {}
-                Err(e) => self.lost = Some(e.to_string()),
+                Err(e) => self.listener_stopped(e),
             }
         }
     }

@@ -194,7 +194,7 @@ impl Recorder {
 
     /// Runs the guest to its next exit and handles it; returns the summary
     /// once the run has ended.
-    pub fn step(
+    fn step(
         &mut self,
         log: &mut dyn LogSink,
         out: &mut dyn OutputSink,
@@ -265,10 +265,18 @@ impl Recorder {
             })
         });
 
-        for frame in &frames {
-            self.append(log, position, Payload::RxFrame(frame.clone()))?;
-        }
+        // Delivered first so the frames can then move into their entries
+        // uncopied; the guest runs only after both.
+        let delivery = Delivery {
+            rx_frames: frames.iter().map(Vec::as_slice).collect(),
+            clock_ns,
+            entropy,
+        };
+        exchange::deliver(self.machine.memory(), &delivery)?;
         self.rx_frames += frames.len() as u64;
+        for frame in frames {
+            self.append(log, position, Payload::RxFrame(frame))?;
+        }
         if let Some(ns) = clock_ns {
             self.append(log, position, Payload::Clock(ns))?;
             self.delivered_clock_ns = ns;
@@ -276,12 +284,6 @@ impl Recorder {
         if let Some(bytes) = entropy {
             self.append(log, position, Payload::Entropy(bytes))?;
         }
-        let delivery = Delivery {
-            rx_frames: frames.iter().map(Vec::as_slice).collect(),
-            clock_ns,
-            entropy,
-        };
-        exchange::deliver(self.machine.memory(), &delivery)?;
         Ok(None)
     }
 

@@ -18,7 +18,8 @@ use guest_abi as abi;
 pub trait EntrySource {
     fn next_entry(&mut self) -> Result<Option<Entry>, LogError>;
 
-    /// Every entry up to `seq` has been applied (called after each exit).
+    /// Every entry up to `seq` has been applied, or taken for the exit at
+    /// hand (a handover carries those): called before waiting for more.
     fn applied(&mut self, _seq: u64) {}
 }
 
@@ -81,10 +82,11 @@ pub enum ReplayEnd {
     LogEnded(Handover),
 }
 
-/// A replayed output that matched the log: its frame, the entry that
-/// recorded it, and the guest clock then.
-pub struct ReplayedOutput<'a> {
-    pub frame: &'a [u8],
+/// A replayed output that matched the log: its frame (handed over, so a
+/// backup can keep it without a copy), the entry that recorded it, and the
+/// guest clock then.
+pub struct ReplayedOutput {
+    pub frame: Vec<u8>,
     pub seq: u64,
     pub clock_ns: u64,
 }
@@ -93,10 +95,10 @@ pub struct Replayer {
     machine: Machine,
     peeked: Option<Entry>,
     exits: u64,
-    entries: u64,
     outputs: u64,
     clock_ns: u64,
-    /// The next sequence number expected (one past the last applied).
+    /// One past the last entry taken from the log (seqs start at 0 and have
+    /// no gaps, so also the number of entries taken).
     next_seq: u64,
 }
 
@@ -129,7 +131,6 @@ impl Replayer {
             machine,
             peeked: None,
             exits: 0,
-            entries: 0,
             outputs: 0,
             clock_ns: 0,
             next_seq: 0,
@@ -161,32 +162,43 @@ impl Replayer {
         }
     }
 
-    fn next_at(&mut self, source: &mut dyn EntrySource, exit: u64) -> Result<Next, ReplayError> {
+    /// The next entry if it belongs to the exit at `position`, which it
+    /// must then match. Before waiting for the source, acknowledges what was
+    /// taken so far: the primary holds outputs until then, and whether an
+    /// exit is complete is only known when a later one logs something,
+    /// which for a waiting guest may be never.
+    fn next_at(
+        &mut self,
+        source: &mut dyn EntrySource,
+        position: Position,
+    ) -> Result<Next, ReplayError> {
         if self.peeked.is_none() {
+            if self.next_seq > 0 {
+                source.applied(self.next_seq - 1);
+            }
             self.peeked = source.next_entry()?;
         }
-        match &self.peeked {
-            None => Ok(Next::End),
-            Some(entry) if entry.position.exit == exit => {
-                self.entries += 1;
-                self.next_seq = entry.seq + 1;
-                Ok(Next::Entry(self.peeked.take().expect("peeked")))
-            }
-            Some(entry) if entry.position.exit < exit => Err(ReplayError::Malformed(format!(
+        let Some(entry) = &self.peeked else {
+            return Ok(Next::End);
+        };
+        if entry.position.exit > position.exit {
+            return Ok(Next::LaterExit);
+        }
+        if entry.position.exit < position.exit {
+            return Err(ReplayError::Malformed(format!(
                 "entry {} is for exit {}, which the guest has already passed",
                 entry.seq, entry.position.exit
-            ))),
-            Some(_) => Ok(Next::LaterExit),
+            )));
         }
-    }
-
-    fn diverged(&self, exit: u64, rip: u64, seq: Option<u64>, detail: String) -> ReplayError {
-        ReplayError::Divergence(Divergence {
-            exit,
-            rip,
-            seq,
-            detail,
-        })
+        if entry.position.rip != position.rip {
+            return Err(diverged(
+                position,
+                Some(entry.seq),
+                format!("the log expects rip {:#x}", entry.position.rip),
+            ));
+        }
+        self.next_seq = entry.seq + 1;
+        Ok(Next::Entry(self.peeked.take().expect("peeked")))
     }
 
     /// Runs to the next exit and applies the log there.
@@ -203,18 +215,19 @@ impl Replayer {
 
         let mut request = match exit_kind {
             GuestExit::Exchange => exchange::take_request(self.machine.memory(), || rip)?,
-            GuestExit::Halt(_) => {
-                log_console(&exchange::take_console(self.machine.memory())?, true);
-                Request::default()
-            }
+            GuestExit::Halt(_) => Request {
+                console: exchange::take_console(self.machine.memory())?,
+                ..Request::default()
+            },
         };
         log_console(&request.console, true);
-        let tx_frames = std::mem::take(&mut request.tx_frames);
-        for (index, frame) in tx_frames.iter().enumerate() {
-            let digest = output_digest(frame);
-            let entry = match self.next_at(source, exit)? {
+        let mut tx_frames = std::mem::take(&mut request.tx_frames).into_iter();
+        let mut index = 0;
+        while let Some(frame) = tx_frames.next() {
+            let digest = output_digest(&frame);
+            let entry = match self.next_at(source, position)? {
                 Next::End => {
-                    request.tx_frames = tx_frames[index..].to_vec();
+                    request.tx_frames = std::iter::once(frame).chain(tx_frames).collect();
                     return Ok(Step::Ended(EndedAt {
                         position,
                         request,
@@ -243,9 +256,8 @@ impl Replayer {
                 }
                 other => {
                     let (seq, logged) = describe(other.as_ref());
-                    return Err(self.diverged(
-                        exit,
-                        rip,
+                    return Err(diverged(
+                        position,
                         seq,
                         format!(
                             "the guest produced output frame {index} ({} bytes, digest {}) where the log has {logged}",
@@ -255,18 +267,12 @@ impl Replayer {
                     ));
                 }
             }
-        }
-
-        // Matched outputs are applied: acknowledge them now rather than when
-        // the exit is known to be complete, which for a guest about to wait
-        // only happens once the primary logs something at a later exit.
-        if !tx_frames.is_empty() {
-            source.applied(self.next_seq - 1);
+            index += 1;
         }
 
         let mut inputs = Vec::new();
         loop {
-            let entry = match self.next_at(source, exit)? {
+            let entry = match self.next_at(source, position)? {
                 Next::Entry(entry) => entry,
                 Next::LaterExit => break,
                 Next::End if matches!(exit_kind, GuestExit::Exchange) => {
@@ -279,19 +285,10 @@ impl Replayer {
                 }
                 Next::End => return Err(ReplayError::LogEnded { exit }),
             };
-            if entry.position.rip != rip {
-                return Err(self.diverged(
-                    exit,
-                    rip,
-                    Some(entry.seq),
-                    format!("the log expects rip {:#x}", entry.position.rip),
-                ));
-            }
             match entry.payload {
                 Payload::Output { len, .. } => {
-                    return Err(self.diverged(
-                        exit,
-                        rip,
+                    return Err(diverged(
+                        position,
                         Some(entry.seq),
                         format!(
                             "the log records a {len}-byte output frame the guest did not produce"
@@ -303,31 +300,26 @@ impl Replayer {
                     guest_exit_code,
                 } => {
                     return self
-                        .finish(exit, rip, entry.seq, state_hash, guest_exit_code, exit_kind)
+                        .finish(position, entry.seq, state_hash, guest_exit_code, exit_kind)
                         .map(Step::Halted)
                 }
                 _ => inputs.push(entry),
             }
         }
         if let GuestExit::Halt(code) = exit_kind {
-            return Err(self.diverged(
-                exit,
-                rip,
+            return Err(diverged(
+                position,
                 None,
                 format!("the guest halted with code {code} but the log goes on"),
             ));
         }
-        self.deliver(exit, rip, &inputs, request.wants_entropy)?;
-        if self.next_seq > 0 {
-            source.applied(self.next_seq - 1);
-        }
+        self.deliver(position, &inputs, request.wants_entropy)?;
         Ok(Step::Continue)
     }
 
     fn deliver(
         &mut self,
-        exit: u64,
-        rip: u64,
+        position: Position,
         inputs: &[Entry],
         wants_entropy: bool,
     ) -> Result<(), ReplayError> {
@@ -353,9 +345,8 @@ impl Replayer {
                     )))
                 }
                 Payload::Entropy(_) if !wants_entropy => {
-                    return Err(self.diverged(
-                        exit,
-                        rip,
+                    return Err(diverged(
+                        position,
                         Some(entry.seq),
                         "the log delivers entropy the guest did not ask for".into(),
                     ))
@@ -367,9 +358,8 @@ impl Replayer {
             }
         }
         if wants_entropy && delivery.entropy.is_none() {
-            return Err(self.diverged(
-                exit,
-                rip,
+            return Err(diverged(
+                position,
                 None,
                 "the guest asked for entropy but the log delivers none here".into(),
             ));
@@ -383,8 +373,7 @@ impl Replayer {
 
     fn finish(
         &mut self,
-        exit: u64,
-        rip: u64,
+        position: Position,
         seq: u64,
         logged_hash: [u8; 32],
         logged_code: Option<u32>,
@@ -395,18 +384,16 @@ impl Replayer {
             GuestExit::Exchange => None,
         };
         if guest_exit_code != logged_code {
-            return Err(self.diverged(
-                exit,
-                rip,
+            return Err(diverged(
+                position,
                 Some(seq),
                 format!("the log ends with guest exit code {logged_code:?}, the replay with {guest_exit_code:?}"),
             ));
         }
         let state_hash = self.machine.state_hash()?;
         if state_hash != logged_hash {
-            return Err(self.diverged(
-                exit,
-                rip,
+            return Err(diverged(
+                position,
                 Some(seq),
                 format!(
                     "final state hash {} differs from the logged {}",
@@ -417,12 +404,21 @@ impl Replayer {
         }
         Ok(ReplaySummary {
             exits: self.exits,
-            entries: self.entries,
+            entries: self.next_seq,
             outputs: self.outputs,
             state_hash,
             guest_exit_code,
         })
     }
+}
+
+fn diverged(position: Position, seq: Option<u64>, detail: String) -> ReplayError {
+    ReplayError::Divergence(Divergence {
+        exit: position.exit,
+        rip: position.rip,
+        seq,
+        detail,
+    })
 }
 
 fn describe(entry: Option<&Entry>) -> (Option<u64>, String) {

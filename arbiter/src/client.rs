@@ -91,21 +91,21 @@ impl ArbiterClient {
         addr: impl ToSocketAddrs,
         call_timeout: Duration,
     ) -> Result<ArbiterClient, ArbiterError> {
-        let addrs: Vec<SocketAddr> = timeout(call_timeout, lookup_host(addr))
-            .await
-            .map_err(|_| ArbiterError::Timeout(call_timeout))?
-            .map_err(ArbiterError::Resolve)?
-            .collect();
-        let mut client = ArbiterClient {
-            addrs,
-            timeout: call_timeout,
-            conn: None,
-        };
-        let conn = timeout(call_timeout, client.open())
-            .await
-            .map_err(|_| ArbiterError::Timeout(call_timeout))??;
-        client.conn = Some(conn);
-        Ok(client)
+        timeout(call_timeout, async {
+            let addrs = lookup_host(addr)
+                .await
+                .map_err(ArbiterError::Resolve)?
+                .collect();
+            let mut client = ArbiterClient {
+                addrs,
+                timeout: call_timeout,
+                conn: None,
+            };
+            client.conn = Some(client.open().await?);
+            Ok(client)
+        })
+        .await
+        .map_err(|_| ArbiterError::Timeout(call_timeout))?
     }
 
     /// Asks for generation `expected_generation + 1`.

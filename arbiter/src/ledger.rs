@@ -42,7 +42,7 @@ impl Ledger {
             Err(StoreError::Missing(_)) if create_if_missing => {
                 store::persist(path, &ArbiterState::INITIAL)?;
                 tracing::warn!(path = %path.display(), "created a new state file at generation 0");
-                store::load(path)?
+                ArbiterState::INITIAL
             }
             loaded => loaded?,
         };

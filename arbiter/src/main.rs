@@ -2,7 +2,7 @@
 //! `arbiter query|claim --connect ADDR ...`: a client for operators and scripts.
 
 use anyhow::{Context, Result};
-use arbiter::{ArbiterClient, ClaimOutcome, Server, ServerConfig};
+use arbiter::{ArbiterClient, ClaimOutcome, Server, ServerConfig, DEFAULT_TIMEOUT};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,13 +36,13 @@ struct Cli {
     #[arg(long)]
     init: bool,
     /// How long a connection may wait between requests.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = millis(ServerConfig::new("").idle_timeout))]
     idle_timeout_ms: u64,
     /// How long a started request may take to arrive (and an answer to leave).
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = millis(ServerConfig::new("").io_timeout))]
     io_timeout_ms: u64,
     /// Connections beyond this are refused.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = ServerConfig::new("").max_connections)]
     max_connections: usize,
 }
 
@@ -67,8 +67,13 @@ struct ClientArgs {
     /// Arbiter address, e.g. 198.18.0.4:7700.
     #[arg(long)]
     connect: String,
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = millis(DEFAULT_TIMEOUT))]
     timeout_ms: u64,
+}
+
+/// The library's defaults, so that `--help` shows them and they are stated once.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[tokio::main]

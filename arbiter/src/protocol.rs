@@ -207,6 +207,10 @@ fn decode_node(bytes: &[u8]) -> Result<String, ProtocolError> {
 }
 
 /// An empty owner field means "no owner" (generation 0).
+fn encode_owner(owner: &Option<String>) -> &[u8] {
+    owner.as_deref().unwrap_or_default().as_bytes()
+}
+
 fn decode_owner(bytes: &[u8]) -> Result<Option<String>, ProtocolError> {
     if bytes.is_empty() {
         Ok(None)
@@ -254,18 +258,17 @@ impl Request {
 
 impl Response {
     pub fn encode(&self) -> Vec<u8> {
-        let owner_bytes = |owner: &Option<String>| owner.clone().unwrap_or_default().into_bytes();
         match self {
             Response::State(state) => encode_frame(
                 KIND_STATE,
-                &body_with_u64(state.generation, &owner_bytes(&state.owner)),
+                &body_with_u64(state.generation, encode_owner(&state.owner)),
             ),
             Response::Granted { generation } => {
                 encode_frame(KIND_GRANTED, &generation.to_be_bytes())
             }
             Response::Denied { generation, owner } => encode_frame(
                 KIND_DENIED,
-                &body_with_u64(*generation, &owner_bytes(owner)),
+                &body_with_u64(*generation, encode_owner(owner)),
             ),
             Response::Error { code, message } => {
                 let mut body = vec![code.to_u8()];

@@ -2,7 +2,7 @@
 //! ledger, every bad or slow peer cut off without disturbing the others.
 
 use crate::ledger::{ClaimEffect, Ledger, LedgerError};
-use crate::protocol::{read_frame, write_frame, ErrorCode, ProtocolError, Request, Response};
+use crate::protocol::{read_frame, write_frame, ErrorCode, Request, Response};
 use crate::state::{ArbiterState, ClaimOutcome};
 use crate::store::StoreError;
 use std::future::Future;
@@ -193,20 +193,34 @@ async fn handle_connection(
                 read_frame(&mut stream, config.idle_timeout, config.io_timeout),
             ) => read,
         };
-        let frame = match read {
+        let request = match read {
             Err(_) => {
                 debug!(%peer, "connection reached its time limit; closing");
                 break;
             }
-            Ok(Ok(Some(frame))) => frame,
             Ok(Ok(None)) => break,
-            Ok(Err(e)) => return reject(stream, peer, e, config).await,
+            Ok(Ok(Some(frame))) => Request::decode(&frame),
+            Ok(Err(e)) => Err(e),
         };
-        let request = match Request::decode(&frame) {
-            Ok(request) => request,
-            Err(e) => return reject(stream, peer, e, config).await,
+        let response = match request {
+            Ok(request) => shared.answer(request, peer).await,
+            // A bad request is answered with an error where the peer can
+            // still listen; the connection is closed below either way, since
+            // the framing may be lost.
+            Err(e) => match e.error_code() {
+                Some(code) => {
+                    warn!(%peer, "bad request: {e}; closing the connection");
+                    Response::Error {
+                        code,
+                        message: e.to_string(),
+                    }
+                }
+                None => {
+                    debug!(%peer, "connection ended: {e}");
+                    return;
+                }
+            },
         };
-        let response = Arc::clone(&shared).answer(request, peer).await;
         if let Err(e) = write_frame(&mut stream, &response.encode(), config.io_timeout).await {
             warn!(%peer, "could not send the answer: {e}");
             break;
@@ -216,31 +230,6 @@ async fn handle_connection(
         }
     }
     debug!(%peer, "connection closed");
-}
-
-/// Logs a bad request, answers it with an error where the peer can still
-/// listen, and closes the connection (the framing may be lost).
-async fn reject(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    err: ProtocolError,
-    config: &ServerConfig,
-) {
-    let Some(code) = err.error_code() else {
-        debug!(%peer, "connection ended: {err}");
-        return;
-    };
-    warn!(%peer, "bad request: {err}; closing the connection");
-    let answer = Response::Error {
-        code,
-        message: err.to_string(),
-    };
-    if write_frame(&mut stream, &answer.encode(), config.io_timeout)
-        .await
-        .is_ok()
-    {
-        linger_close(stream).await;
-    }
 }
 
 async fn linger_close(mut stream: TcpStream) {
@@ -259,8 +248,8 @@ async fn linger_close(mut stream: TcpStream) {
 }
 
 impl Shared {
-    async fn answer(self: Arc<Self>, request: Request, peer: SocketAddr) -> Response {
-        let shared = Arc::clone(&self);
+    async fn answer(self: &Arc<Self>, request: Request, peer: SocketAddr) -> Response {
+        let shared = Arc::clone(self);
         // The ledger blocks on fsync, and running it as its own task means
         // a claim completes (file and memory agree) even if this connection
         // is dropped meanwhile.

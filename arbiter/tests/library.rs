@@ -1,34 +1,17 @@
 //! Tests of the library API in-process: `serve`/`Server` and `ArbiterClient`
 //! behind the `Arbiter` trait, over real TCP on 127.0.0.1.
 
+mod common;
+
 use arbiter::{
     serve, Arbiter, ArbiterClient, ArbiterError, ArbiterState, ClaimOutcome, ErrorCode, ServeError,
     Server, ServerConfig, StoreError,
 };
-use std::path::PathBuf;
+use common::{TempDir, WAIT};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-const WAIT: Duration = Duration::from_secs(30);
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("arbiter-lib-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A server task that stops when `stop` is sent (or dropped).
 struct Running {
@@ -83,7 +66,7 @@ async fn agents_use_the_client_through_the_trait() {
     let addr = listener.local_addr().unwrap();
     let config = ServerConfig {
         create_if_missing: true,
-        ..ServerConfig::new(dir.0.join("state"))
+        ..ServerConfig::new(dir.path("state"))
     };
     let server = Running::start(listener, config).await;
     let a = ArbiterClient::connect(addr).await.unwrap();
@@ -103,7 +86,7 @@ async fn agents_use_the_client_through_the_trait() {
 async fn serve_refuses_a_missing_state_file() {
     let dir = TempDir::new("missing");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let result = serve(listener, dir.0.join("nope")).await;
+    let result = serve(listener, dir.path("nope")).await;
     assert!(
         matches!(result, Err(ServeError::Store(StoreError::Missing(_)))),
         "{result:?}"
@@ -115,7 +98,7 @@ async fn serve_refuses_a_missing_state_file() {
 #[tokio::test]
 async fn client_survives_an_arbiter_restart() {
     let dir = TempDir::new("restart");
-    let state = dir.0.join("state");
+    let state = dir.path("state");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = ServerConfig {
@@ -157,7 +140,7 @@ async fn connections_beyond_the_limit_are_refused_without_harm() {
     let config = ServerConfig {
         create_if_missing: true,
         max_connections: 1,
-        ..ServerConfig::new(dir.0.join("state"))
+        ..ServerConfig::new(dir.path("state"))
     };
     let server = Running::start(listener, config).await;
     let mut first = ArbiterClient::connect_with_timeout(addr, WAIT)

@@ -2,7 +2,7 @@
 
 mod common;
 
-use arbiter::protocol::{Frame, Request, Response, HEADER_LEN, MAGIC};
+use arbiter::protocol::{read_frame, Request, Response, HEADER_LEN};
 use arbiter::{ArbiterClient, ArbiterState, ClaimOutcome, ErrorCode};
 use common::{run, text, ArbiterProcess, TempDir, WAIT};
 use std::collections::HashMap;
@@ -251,17 +251,13 @@ fn raw_exchange(addr: SocketAddr, bytes: &[u8], half_close: bool) -> Vec<u8> {
 }
 
 /// The one error answer in `bytes`.
-fn error_answer(bytes: &[u8]) -> ErrorCode {
-    assert!(
-        bytes.len() >= HEADER_LEN && bytes[..4] == MAGIC,
-        "not a frame: {bytes:?}"
-    );
-    let len = usize::from(u16::from_be_bytes([bytes[6], bytes[7]]));
-    assert_eq!(bytes.len(), HEADER_LEN + len, "one answer, then close");
-    let frame = Frame {
-        kind: bytes[5],
-        body: bytes[HEADER_LEN..].to_vec(),
-    };
+async fn error_answer(bytes: &[u8]) -> ErrorCode {
+    let mut rest = bytes;
+    let frame = read_frame(&mut rest, WAIT, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("not a frame ({e}): {bytes:?}"))
+        .expect("an answer before the close");
+    assert!(rest.is_empty(), "one answer, then close");
     match Response::decode(&frame).expect("decode answer") {
         Response::Error { code, .. } => code,
         other => panic!("expected an error answer, got {other:?}"),
@@ -343,7 +339,7 @@ async fn bad_requests_are_answered_and_closed_and_others_still_served() {
     ];
     for (name, bytes, half_close, code, log_line) in cases {
         let answer = raw_exchange(server.addr, &bytes, half_close);
-        assert_eq!(error_answer(&answer), code, "{name}");
+        assert_eq!(error_answer(&answer).await, code, "{name}");
         server.wait_for_log(log_line);
         assert_eq!(good.query().await.unwrap(), owned(1, "a"), "after {name}");
     }

@@ -1,6 +1,9 @@
-//! Helpers for the tests that run the real `arbiter` binary: a temporary
-//! directory and a process guard, both cleaned up on drop (also on panic),
-//! and bounded waiting.
+//! Helpers for the integration tests: a temporary directory and, for the
+//! tests that run the real `arbiter` binary, a process guard, both cleaned
+//! up on drop (also on panic), and bounded waiting.
+
+// Each test binary uses only part of this.
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

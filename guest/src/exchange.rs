@@ -12,11 +12,11 @@ pub struct Request {
     pub wait_until_ns: u64,
 }
 
-/// What the VMM delivered at an exit.
+/// What the VMM delivered at an exit (entropy, only asked for once, is
+/// read separately with [`SharedArea::entropy`]).
 pub struct Delivered {
     pub rx_count: usize,
     pub now_ns: u64,
-    pub entropy: [u8; 32],
 }
 
 /// Exclusive handle on the exchange area. Borrowing it for a turn's
@@ -49,9 +49,16 @@ impl SharedArea {
             Delivered {
                 rx_count: addr_of!((*area).rx_count).read_volatile() as usize,
                 now_ns: addr_of!((*area).now_ns).read_volatile(),
-                entropy: addr_of!((*area).entropy).read_volatile(),
             }
         }
+    }
+
+    /// The entropy delivered at the last exit that asked for it
+    /// (`REQ_ENTROPY`).
+    pub fn entropy(&self) -> [u8; 32] {
+        // SAFETY: `area` is valid (see `new`); the VMM writes this field
+        // only during an exit.
+        unsafe { addr_of!((*self.area).entropy).read_volatile() }
     }
 
     /// The frame slots for this turn: `rx_count` delivered frames (never

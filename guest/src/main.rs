@@ -70,7 +70,7 @@ fn run(boot: &BootInfo, shared: &mut SharedArea) -> ! {
         flags: REQ_ENTROPY,
         wait_until_ns: WAIT_NONE,
     });
-    let seed = u64::from_le_bytes(delivered.entropy[..8].try_into().expect("8 bytes"));
+    let seed = u64::from_le_bytes(shared.entropy()[..8].try_into().expect("8 bytes"));
     let mut server = Server::new(boot, seed, delivered.now_ns, &mut shared.device(0));
     let _ = writeln!(Console, "ft-guest: serving on port {}", server::PORT);
     loop {

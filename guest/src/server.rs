@@ -8,7 +8,7 @@ use guest_abi::{BootInfo, FRAME_SLOTS, WAIT_FOREVER, WAIT_NONE};
 use resp_kv::{Connection, Limits, ProcessOutcome, Store};
 use smoltcp::iface::{Config, Interface, PollIngressSingleResult, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, State};
-use smoltcp::time::{Duration, Instant};
+use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, IpCidr, Ipv4Address};
 
 pub const PORT: u16 = 6379;
@@ -97,9 +97,10 @@ impl Server {
             // Frames are still queued in sockets: come straight back.
             return WAIT_NONE;
         }
+        // A zero delay gives `now_ns`, a deadline already reached: the
+        // exit returns at once, as for WAIT_NONE.
         match self.iface.poll_delay(now, &self.sockets) {
             None => WAIT_FOREVER,
-            Some(Duration::ZERO) => WAIT_NONE,
             Some(delay) => now_ns.saturating_add(delay.total_micros().saturating_mul(1000)),
         }
     }

@@ -84,7 +84,7 @@ pub(crate) fn execute(store: &mut Store, args: Args, out: &mut Vec<u8>) -> Flow 
     if !arity_ok(command.arity, args.len()) {
         reply::arity_error(out, command.name);
     } else if command.deny_oom && store.over_limit() {
-        reply::error(out, reply::OOM.as_bytes());
+        reply::error(out, reply::OOM);
     } else {
         (command.run)(store, args, out);
     }
@@ -138,7 +138,7 @@ fn store_error(out: &mut Vec<u8>, error: StoreError) {
         StoreError::Overflow => reply::OVERFLOW,
         StoreError::StringTooLong => reply::STRING_TOO_LONG,
     };
-    reply::error(out, message.as_bytes());
+    reply::error(out, message);
 }
 
 fn wrong_type(out: &mut Vec<u8>) {
@@ -169,21 +169,24 @@ fn set(store: &mut Store, mut args: Args, out: &mut Vec<u8>) {
         } else if option.eq_ignore_ascii_case(b"get") {
             get = true;
         } else if !option.eq_ignore_ascii_case(b"keepttl") {
-            reply::error(out, reply::SYNTAX.as_bytes());
+            reply::error(out, reply::SYNTAX);
             return;
         }
     }
-    let existing = store.get(&args[1]);
-    if get && matches!(existing, Some(Value::List(_))) {
-        wrong_type(out);
-        return;
-    }
-    if (nx && existing.is_some()) || (xx && existing.is_none()) {
-        match existing {
-            Some(Value::Str(old)) if get => reply::bulk(out, old),
-            _ => reply::null(out),
+    // A plain SET needs no lookup before its insert.
+    if nx || xx || get {
+        let existing = store.get(&args[1]);
+        if get && matches!(existing, Some(Value::List(_))) {
+            wrong_type(out);
+            return;
         }
-        return;
+        if (nx && existing.is_some()) || (xx && existing.is_none()) {
+            match existing {
+                Some(Value::Str(old)) if get => reply::bulk(out, old),
+                _ => reply::null(out),
+            }
+            return;
+        }
     }
     let value = take(&mut args[2]);
     let old = store.set(take(&mut args[1]), value);
@@ -231,7 +234,7 @@ fn incr(store: &mut Store, mut args: Args, out: &mut Vec<u8>) {
 fn incrby(store: &mut Store, mut args: Args, out: &mut Vec<u8>) {
     match num::parse_i64(&args[2]) {
         Some(delta) => incr_reply(store, take(&mut args[1]), delta, out),
-        None => reply::error(out, reply::NOT_INTEGER.as_bytes()),
+        None => reply::error(out, reply::NOT_INTEGER),
     }
 }
 
@@ -286,7 +289,7 @@ fn pop(store: &mut Store, args: Args, end: End, name: &str, out: &mut Vec<u8>) {
         Some(text) => match num::parse_i64(text).and_then(|n| usize::try_from(n).ok()) {
             Some(count) => Some(count),
             None => {
-                reply::error(out, reply::NOT_POSITIVE.as_bytes());
+                reply::error(out, reply::NOT_POSITIVE);
                 return;
             }
         },
@@ -306,7 +309,7 @@ fn pop(store: &mut Store, args: Args, end: End, name: &str, out: &mut Vec<u8>) {
 
 fn lrange(store: &mut Store, args: Args, out: &mut Vec<u8>) {
     let (Some(start), Some(stop)) = (num::parse_i64(&args[2]), num::parse_i64(&args[3])) else {
-        reply::error(out, reply::NOT_INTEGER.as_bytes());
+        reply::error(out, reply::NOT_INTEGER);
         return;
     };
     let list = match store.get(&args[1]) {
@@ -366,16 +369,16 @@ fn flushall(store: &mut Store, args: Args, out: &mut Vec<u8>) {
         store.clear();
         reply::ok(out);
     } else {
-        reply::error(out, reply::SYNTAX.as_bytes());
+        reply::error(out, reply::SYNTAX);
     }
 }
 
 /// Only database 0 exists.
 fn select(_: &mut Store, args: Args, out: &mut Vec<u8>) {
     match num::parse_i64(&args[1]) {
-        None => reply::error(out, reply::NOT_INTEGER.as_bytes()),
+        None => reply::error(out, reply::NOT_INTEGER),
         Some(0) => reply::ok(out),
-        Some(_) => reply::error(out, reply::DB_OUT_OF_RANGE.as_bytes()),
+        Some(_) => reply::error(out, reply::DB_OUT_OF_RANGE),
     }
 }
 

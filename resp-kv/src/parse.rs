@@ -100,17 +100,12 @@ impl Parser {
         let Some(line) = self.take_crlf_line(limits, "too big mbulk count string")? else {
             return Ok(None);
         };
+        // Negative counts (`*-1`) are empty requests, like `*0`. `max_args`
+        // also stands in for Redis's `INT_MAX` bound.
         let count = num::parse_i64(&self.buf[line.start + 1..line.end])
-            .filter(|&n| n <= i64::from(i32::MAX))
+            .map(|n| usize::try_from(n).unwrap_or(0))
+            .filter(|&n| n <= limits.max_args)
             .ok_or_else(|| ProtocolError::new("invalid multibulk length"))?;
-        let count = match usize::try_from(count) {
-            // `*0` and `*-1` are empty requests.
-            Err(_) | Ok(0) => 0,
-            Ok(n) if n > limits.max_args => {
-                return Err(ProtocolError::new("invalid multibulk length"))
-            }
-            Ok(n) => n,
-        };
         Ok(Some(Multibulk {
             remaining: count,
             bulk_len: None,

@@ -3,16 +3,16 @@
 use crate::num;
 use alloc::vec::Vec;
 
-pub(crate) const WRONG_TYPE: &str =
-    "WRONGTYPE Operation against a key holding the wrong kind of value";
-pub(crate) const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
-pub(crate) const OVERFLOW: &str = "ERR increment or decrement would overflow";
-pub(crate) const SYNTAX: &str = "ERR syntax error";
-pub(crate) const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
-pub(crate) const STRING_TOO_LONG: &str =
-    "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
-pub(crate) const DB_OUT_OF_RANGE: &str = "ERR DB index is out of range";
-pub(crate) const NOT_POSITIVE: &str = "ERR value is out of range, must be positive";
+pub(crate) const WRONG_TYPE: &[u8] =
+    b"WRONGTYPE Operation against a key holding the wrong kind of value";
+pub(crate) const NOT_INTEGER: &[u8] = b"ERR value is not an integer or out of range";
+pub(crate) const OVERFLOW: &[u8] = b"ERR increment or decrement would overflow";
+pub(crate) const SYNTAX: &[u8] = b"ERR syntax error";
+pub(crate) const OOM: &[u8] = b"OOM command not allowed when used memory > 'maxmemory'.";
+pub(crate) const STRING_TOO_LONG: &[u8] =
+    b"ERR string exceeds maximum allowed size (proto-max-bulk-len)";
+pub(crate) const DB_OUT_OF_RANGE: &[u8] = b"ERR DB index is out of range";
+pub(crate) const NOT_POSITIVE: &[u8] = b"ERR value is out of range, must be positive";
 
 /// `+text`
 pub(crate) fn simple(out: &mut Vec<u8>, text: &str) {
@@ -53,16 +53,12 @@ pub(crate) fn integer(out: &mut Vec<u8>, value: i64) {
 
 /// `:count`, for lengths and counts.
 pub(crate) fn count(out: &mut Vec<u8>, value: usize) {
-    out.push(b':');
-    num::write_usize(out, value);
-    out.extend_from_slice(b"\r\n");
+    tagged_usize(out, b':', value);
 }
 
 /// `$len` + bytes
 pub(crate) fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.push(b'$');
-    num::write_usize(out, bytes.len());
-    out.extend_from_slice(b"\r\n");
+    tagged_usize(out, b'$', bytes.len());
     out.extend_from_slice(bytes);
     out.extend_from_slice(b"\r\n");
 }
@@ -79,8 +75,13 @@ pub(crate) fn null_array(out: &mut Vec<u8>) {
 
 /// `*len`: an array header; the caller writes `len` elements after it.
 pub(crate) fn array(out: &mut Vec<u8>, len: usize) {
-    out.push(b'*');
-    num::write_usize(out, len);
+    tagged_usize(out, b'*', len);
+}
+
+/// `<tag>value\r\n`: the line shape of counts and of bulk and array headers.
+fn tagged_usize(out: &mut Vec<u8>, tag: u8, value: usize) {
+    out.push(tag);
+    num::write_usize(out, value);
     out.extend_from_slice(b"\r\n");
 }
 

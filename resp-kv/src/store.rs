@@ -159,38 +159,53 @@ impl Store {
         self.used = 0;
     }
 
-    /// Adds `delta` to the integer held as text at `key` (missing = 0).
+    /// Adds `delta` to the integer held as text at `key` (missing = 0). An
+    /// existing string is rewritten in its own buffer, with one lookup.
     pub(crate) fn incr_by(&mut self, key: Vec<u8>, delta: i64) -> Result<i64, StoreError> {
-        let current = match self.map.get(&key) {
-            None => 0,
-            Some(Value::List(_)) => return Err(StoreError::WrongType),
-            Some(Value::Str(text)) => num::parse_i64(text).ok_or(StoreError::NotInteger)?,
-        };
-        let next = current.checked_add(delta).ok_or(StoreError::Overflow)?;
-        let mut text = Vec::new();
-        num::write_i64(&mut text, next);
-        self.set(key, text);
-        Ok(next)
+        match self.map.entry(key) {
+            Entry::Vacant(slot) => {
+                let mut text = Vec::new();
+                num::write_i64(&mut text, delta);
+                self.used += key_cost(slot.key()) + text.capacity();
+                slot.insert(Value::Str(text));
+                Ok(delta)
+            }
+            Entry::Occupied(slot) => match slot.into_mut() {
+                Value::List(_) => Err(StoreError::WrongType),
+                Value::Str(text) => {
+                    let current = num::parse_i64(text).ok_or(StoreError::NotInteger)?;
+                    let next = current.checked_add(delta).ok_or(StoreError::Overflow)?;
+                    let before = text.capacity();
+                    text.clear();
+                    num::write_i64(text, next);
+                    self.used = self.used - before + text.capacity();
+                    Ok(next)
+                }
+            },
+        }
     }
 
     /// Appends to the string at `key` (missing = empty); returns its new length.
     pub(crate) fn append(&mut self, key: Vec<u8>, suffix: Vec<u8>) -> Result<usize, StoreError> {
-        match self.map.get_mut(&key) {
-            None => {
+        match self.map.entry(key) {
+            Entry::Vacant(slot) => {
                 let len = suffix.len();
-                self.set(key, suffix);
+                self.used += key_cost(slot.key()) + suffix.capacity();
+                slot.insert(Value::Str(suffix));
                 Ok(len)
             }
-            Some(Value::List(_)) => Err(StoreError::WrongType),
-            Some(Value::Str(text)) => {
-                if text.len() + suffix.len() > self.limits.max_bulk_len {
-                    return Err(StoreError::StringTooLong);
+            Entry::Occupied(slot) => match slot.into_mut() {
+                Value::List(_) => Err(StoreError::WrongType),
+                Value::Str(text) => {
+                    if text.len() + suffix.len() > self.limits.max_bulk_len {
+                        return Err(StoreError::StringTooLong);
+                    }
+                    let before = text.capacity();
+                    text.extend_from_slice(&suffix);
+                    self.used += text.capacity() - before;
+                    Ok(text.len())
                 }
-                let before = text.capacity();
-                text.extend_from_slice(&suffix);
-                self.used += text.capacity() - before;
-                Ok(text.len())
-            }
+            },
         }
     }
 
@@ -203,7 +218,6 @@ impl Store {
         end: End,
     ) -> Result<usize, StoreError> {
         let added: usize = values.iter().map(element_cost).sum();
-        let key_bytes = key_cost(&key);
         match self.map.entry(key) {
             Entry::Vacant(slot) => {
                 let mut list = VecDeque::from(values);
@@ -212,8 +226,8 @@ impl Store {
                     list.make_contiguous().reverse();
                 }
                 let len = list.len();
+                self.used += key_cost(slot.key()) + added;
                 slot.insert(Value::List(list));
-                self.used += key_bytes + added;
                 Ok(len)
             }
             Entry::Occupied(slot) => match slot.into_mut() {

@@ -17,7 +17,7 @@ use crate::node::ReleaseNow;
 use crate::status::{Role, Status};
 use arbiter::ClaimOutcome;
 use ftlog::Entry;
-use logchannel::PrimaryLink;
+use logchannel::{LinkError, PrimaryLink};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
@@ -53,10 +53,6 @@ impl Replication {
         if let Err(e) = self.link.close(Duration::from_secs(2)) {
             tracing::warn!("closing the log channel: {e}");
         }
-    }
-
-    fn healthy(&self, silence: Duration) -> bool {
-        self.link.failure().is_none() && self.link.is_alive(silence)
     }
 }
 
@@ -118,7 +114,6 @@ pub struct Releaser {
     pub out: ReleaseNow,
     pub arbitration: Arbitration,
     pub generation: u64,
-    pub silence: Duration,
     pub status: Arc<Status>,
     /// Stops the vCPU when we must halt.
     pub vcpu: SyncSender<Input>,
@@ -138,8 +133,9 @@ impl Releaser {
         let mut alone = false;
         let mut drain_deadline = None;
         loop {
-            if !alone && !self.replication.healthy(self.silence) {
-                match self.arbitrate() {
+            let lost = (!alone).then(|| self.replication.link.failure()).flatten();
+            if let Some(failure) = lost {
+                match self.arbitrate(failure) {
                     Some(ReleaserEnd::Done) => alone = true,
                     Some(halted) => return (halted, self.out),
                     None => return (ReleaserEnd::Done, self.out),
@@ -219,12 +215,7 @@ impl Releaser {
     /// The backup is lost: ask the arbiter before releasing anything more.
     /// `Some(Done)` = we go on alone, `Some(Halted)` = we lost, `None` = the
     /// node is stopping and the arbiter could not be reached.
-    fn arbitrate(&mut self) -> Option<ReleaserEnd> {
-        let reason = self
-            .replication
-            .link
-            .failure()
-            .map_or_else(|| "silent".to_string(), |e| e.to_string());
+    fn arbitrate(&mut self, reason: LinkError) -> Option<ReleaserEnd> {
         tracing::warn!(%reason, generation = self.generation, "lost the backup; asking the arbiter before releasing more output");
         self.replication.replicating.store(false, Ordering::Relaxed);
         match self.arbitration.claim(self.generation, &self.stop) {

@@ -138,7 +138,6 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         out,
         arbitration,
         generation,
-        silence: Duration::from_millis(replication_args.silence_ms),
         status: status.clone(),
         vcpu: node.input_sender(),
         xdp: node.xdp.clone(),

@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::error::LinkError;
 use crate::hello::Hello;
-use crate::wire::{encode, Message, MessageReader};
+use crate::wire::{encode, Heartbeats, Message, MessageReader};
 use ftlog::Entry;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
+use tokio::time::{sleep, timeout};
 use tracing::{info, warn};
 
 /// What the replay thread learns from [`BackupListener::next`].
@@ -353,14 +353,11 @@ async fn reject(writer: &mut OwnedWriteHalf, reason: &str) {
 /// Passes the primary's entries and watermarks to the replay thread until
 /// the connection ends or goes silent.
 async fn read_entries(mut reader: MessageReader<OwnedReadHalf>, shared: &Shared) -> LinkError {
-    let silence = shared.config.silence_timeout;
     let mut expected_seq: Option<u64> = None;
     loop {
-        let message = match timeout(silence, reader.next()).await {
-            Err(_) => return LinkError::Silent(silence),
-            Ok(Err(e)) => return e.into(),
-            Ok(Ok(None)) => return LinkError::PeerClosed,
-            Ok(Ok(Some(message))) => message,
+        let message = match reader.next_within(shared.config.silence_timeout).await {
+            Ok(message) => message,
+            Err(failure) => return failure,
         };
         let delivery = match message {
             Message::Entry(entry) => {
@@ -391,15 +388,13 @@ async fn read_entries(mut reader: MessageReader<OwnedReadHalf>, shared: &Shared)
 
 /// Sends the newest ack whenever it moves, and a heartbeat when due.
 async fn write_acks(mut writer: OwnedWriteHalf, session: &Session, config: &Config) -> LinkError {
-    let mut heartbeat = interval(config.heartbeat_period());
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut heartbeats = 0u64;
+    let mut heartbeats = Heartbeats::new(config);
     let mut acked_sent = 0u64;
     let mut out = Vec::new();
     loop {
         let beat = tokio::select! {
             _ = session.wake.notified() => false,
-            _ = heartbeat.tick() => true,
+            _ = heartbeats.due() => true,
         };
         // Cleared before reading: a later ack wakes us again.
         session.woken.store(false, Ordering::SeqCst);
@@ -409,13 +404,7 @@ async fn write_acks(mut writer: OwnedWriteHalf, session: &Session, config: &Conf
             acked_sent = acked;
         }
         if beat {
-            encode(
-                &Message::Heartbeat {
-                    counter: heartbeats,
-                },
-                &mut out,
-            );
-            heartbeats += 1;
+            heartbeats.encode(&mut out);
         }
         if let Err(e) = writer.write_all(&out).await {
             return LinkError::io("writing to the primary", e);

@@ -4,18 +4,18 @@
 use crate::config::Config;
 use crate::error::LinkError;
 use crate::hello::Hello;
-use crate::wire::{encode, encode_entry_message, Message, MessageReader};
+use crate::wire::{encode, encode_entry_message, Heartbeats, Message, MessageReader};
 use ftlog::Entry;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 use tokio::sync::{watch, Notify};
-use tokio::time::{interval, timeout, MissedTickBehavior};
+use tokio::time::timeout;
 use tracing::{error, info};
 
 /// A connected log channel to the backup.
@@ -46,9 +46,6 @@ struct Shared {
     /// Released watermark plus one (0: none yet).
     released: AtomicU64,
     closing: AtomicBool,
-    epoch: Instant,
-    /// Nanoseconds after `epoch` at which the backup was last heard.
-    last_heard: AtomicU64,
 }
 
 impl Shared {
@@ -56,11 +53,6 @@ impl Shared {
         // The critical sections only append or swap, so a poisoned buffer
         // still holds whole messages.
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn heard(&self) {
-        let now = self.epoch.elapsed().as_nanos() as u64;
-        self.last_heard.store(now, Ordering::Relaxed);
     }
 }
 
@@ -101,8 +93,6 @@ impl PrimaryLink {
             queued: AtomicU64::new(0),
             released: AtomicU64::new(0),
             closing: AtomicBool::new(false),
-            epoch: Instant::now(),
-            last_heard: AtomicU64::new(0),
         });
         let (state_tx, state) = watch::channel(LinkState::default());
         runtime.spawn(run_session(
@@ -173,17 +163,8 @@ impl PrimaryLink {
         acked(&self.state.borrow())
     }
 
-    /// When the backup last sent anything (a heartbeat at the latest).
-    pub fn last_heard(&self) -> Instant {
-        self.shared.epoch + Duration::from_nanos(self.shared.last_heard.load(Ordering::Relaxed))
-    }
-
-    /// The link is up and the backup was heard within `timeout`.
-    pub fn is_alive(&self, timeout: Duration) -> bool {
-        self.failure().is_none() && self.last_heard().elapsed() <= timeout
-    }
-
-    /// Why the link died, once it has.
+    /// Why the link died, once it has: it ended, broke, or the backup was
+    /// silent for the configured silence timeout. `None` while it is up.
     pub fn failure(&self) -> Option<LinkError> {
         self.state.borrow().failure.clone()
     }
@@ -293,13 +274,10 @@ async fn read_acks(
     config: &Config,
 ) -> LinkError {
     loop {
-        let message = match timeout(config.silence_timeout, reader.next()).await {
-            Err(_) => return LinkError::Silent(config.silence_timeout),
-            Ok(Err(e)) => return e.into(),
-            Ok(Ok(None)) => return LinkError::PeerClosed,
-            Ok(Ok(Some(message))) => message,
+        let message = match reader.next_within(config.silence_timeout).await {
+            Ok(message) => message,
+            Err(failure) => return failure,
         };
-        shared.heard();
         match message {
             Message::Heartbeat { .. } => {}
             Message::Ack { seq } => {
@@ -330,15 +308,13 @@ async fn read_acks(
 /// Sends whatever has been queued since the last write in one syscall,
 /// plus the released watermark if it moved and a heartbeat when due.
 async fn write_batches(mut writer: OwnedWriteHalf, shared: &Shared, config: &Config) -> LinkError {
-    let mut heartbeat = interval(config.heartbeat_period());
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut heartbeats = 0u64;
+    let mut heartbeats = Heartbeats::new(config);
     let mut released_sent = 0u64;
     let mut batch = Vec::new();
     loop {
         let beat = tokio::select! {
             _ = shared.wake.notified() => false,
-            _ = heartbeat.tick() => true,
+            _ = heartbeats.due() => true,
         };
         // Read before taking the queue: everything queued before close()
         // is then in this batch.
@@ -350,13 +326,7 @@ async fn write_batches(mut writer: OwnedWriteHalf, shared: &Shared, config: &Con
             released_sent = released;
         }
         if beat {
-            encode(
-                &Message::Heartbeat {
-                    counter: heartbeats,
-                },
-                &mut batch,
-            );
-            heartbeats += 1;
+            heartbeats.encode(&mut batch);
         }
         if let Err(e) = writer.write_all(&batch).await {
             return LinkError::io("writing to the backup", e);

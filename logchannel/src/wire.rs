@@ -1,11 +1,14 @@
 //! Messages and their encoding; the format is in the crate docs.
 
+use crate::config::Config;
 use crate::error::LinkError;
 use crate::hello::Hello;
 use ftlog::frame::{encode_entry, read_entry, FRAME_HEADER_LEN};
 use ftlog::{Entry, LogError};
 use std::io;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use tokio::time::{interval, timeout, Interval, MissedTickBehavior};
 
 pub use ftlog::frame::MAX_BODY_LEN;
 
@@ -162,6 +165,31 @@ impl From<WireError> for LinkError {
     }
 }
 
+/// The heartbeat each side sends every `heartbeat_interval`.
+pub(crate) struct Heartbeats {
+    interval: Interval,
+    sent: u64,
+}
+
+impl Heartbeats {
+    pub(crate) fn new(config: &Config) -> Self {
+        let mut interval = interval(config.heartbeat_period());
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Heartbeats { interval, sent: 0 }
+    }
+
+    /// Completes when the next heartbeat is due.
+    pub(crate) async fn due(&mut self) {
+        self.interval.tick().await;
+    }
+
+    /// Appends the heartbeat to what is about to be written.
+    pub(crate) fn encode(&mut self, out: &mut Vec<u8>) {
+        encode(&Message::Heartbeat { counter: self.sent }, out);
+        self.sent += 1;
+    }
+}
+
 /// Reads messages from a byte stream, buffered.
 pub(crate) struct MessageReader<R> {
     inner: BufReader<R>,
@@ -176,6 +204,17 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             inner: BufReader::with_capacity(READ_BUFFER, inner),
             frame: Vec::new(),
             offset: 0,
+        }
+    }
+
+    /// The next message of a live session, which a peer silent for
+    /// `silence`, a clean end and a broken stream all end, with the reason.
+    pub(crate) async fn next_within(&mut self, silence: Duration) -> Result<Message, LinkError> {
+        match timeout(silence, self.next()).await {
+            Err(_) => Err(LinkError::Silent(silence)),
+            Ok(Err(e)) => Err(e.into()),
+            Ok(Ok(None)) => Err(LinkError::PeerClosed),
+            Ok(Ok(Some(message))) => Ok(message),
         }
     }
 

@@ -215,11 +215,24 @@ impl ReleaseNow {
         self.status.released_outputs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+
+    /// Transmits the frames `send` queued.
+    pub fn flush(&mut self) {
+        if let Err(e) = self.nic.flush() {
+            self.send_errors += 1;
+            tracing::debug!("NIC transmit failed: {e}");
+        }
+    }
 }
 
 impl OutputSink for ReleaseNow {
     fn output(&mut self, frame: Vec<u8>, _seq: u64, clock_ns: u64) -> std::io::Result<()> {
         self.send(&frame, clock_ns)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        ReleaseNow::flush(self);
+        Ok(())
     }
 }
 

@@ -196,10 +196,13 @@ impl Releaser {
                 .store(below.saturating_sub(1), Ordering::Relaxed);
         }
         let last = ready.last().map(|h| h.seq);
-        for held in ready {
+        for held in &ready {
             if let Err(e) = self.out.send(&held.frame, held.clock_ns) {
                 tracing::error!("writing released output: {e}");
             }
+        }
+        if !ready.is_empty() {
+            self.out.flush();
         }
         (last, waiting_for, closed)
     }

@@ -161,6 +161,7 @@ fn go_live(
     for output in &resent {
         out.send(&output.frame, output.clock_ns)?;
     }
+    out.flush();
     status.set_role(Role::PrimaryAlone);
     tracing::info!(
         generation,

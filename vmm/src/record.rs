@@ -42,6 +42,12 @@ pub trait LogSink {
 /// output: the frame may leave the host once every entry up to `seq` is safe.
 pub trait OutputSink {
     fn output(&mut self, frame: Vec<u8>, seq: u64, clock_ns: u64) -> std::io::Result<()>;
+
+    /// The outputs of one exit have all been handed over (a sink that
+    /// batches sends them now).
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +220,7 @@ impl Recorder {
         };
 
         log_console(&request.console, false);
+        let produced_output = !request.tx_frames.is_empty();
         for frame in request.tx_frames {
             let payload = Payload::Output {
                 len: frame.len() as u32,
@@ -223,6 +230,9 @@ impl Recorder {
             self.outputs += 1;
             out.output(frame, seq, self.delivered_clock_ns)
                 .map_err(RecordError::Output)?;
+        }
+        if produced_output {
+            out.flush().map_err(RecordError::Output)?;
         }
 
         // Inputs of this exit a replay already received come first.

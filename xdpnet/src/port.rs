@@ -309,7 +309,8 @@ pub struct XdpTx {
 }
 
 impl XdpTx {
-    /// Sends one Ethernet frame. Frames from the service MAC are refused
+    /// Queues one Ethernet frame; [`XdpTx::flush`] transmits the queue, so
+    /// a batch costs one syscall. Frames from the service MAC are refused
     /// ([`Error::Fenced`]) unless the role is primary: AF_XDP transmit
     /// bypasses tc, so this is the fence on this path.
     pub fn send(&mut self, frame: &[u8]) -> Result<()> {
@@ -330,10 +331,18 @@ impl XdpTx {
         })
     }
 
+    /// Transmits the frames queued by [`XdpTx::send`].
+    pub fn flush(&mut self) -> Result<()> {
+        self.rings
+            .flush()
+            .map_err(|e| Error::io("AF_XDP transmit", e))
+    }
+
     /// Announces the service MAC/IP with a gratuitous ARP (on go-live).
     pub fn send_gratuitous_arp(&mut self) -> Result<()> {
         let frame = gratuitous_arp(self.shared.service_mac, self.shared.service_ip);
-        self.send(&frame)
+        self.send(&frame)?;
+        self.flush()
     }
 }
 

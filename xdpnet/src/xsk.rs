@@ -411,8 +411,9 @@ pub struct TxRings {
 }
 
 impl TxRings {
-    /// Copies `frame` into a free UMEM frame and queues it. Waits a bounded
-    /// time for the kernel to complete earlier frames when none is free.
+    /// Copies `frame` into a free UMEM frame and queues it for the next
+    /// [`TxRings::flush`]. Waits a bounded time for the kernel to complete
+    /// earlier frames when none is free.
     pub fn send(&mut self, frame: &[u8]) -> Result<(), TxFull> {
         debug_assert!(frame.len() <= FRAME_SIZE as usize);
         // Copy mode transmits inside sendto(), so a few kicks normally free
@@ -444,7 +445,12 @@ impl TxRings {
             options: 0,
         });
         self.tx.publish();
-        self.kick().map_err(TxFull::Io)
+        Ok(())
+    }
+
+    /// Transmits everything queued: in copy mode one kick sends the batch.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.kick()
     }
 
     fn reclaim(&mut self) {

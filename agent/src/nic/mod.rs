@@ -18,7 +18,13 @@ pub trait NicRx: Send {
 }
 
 pub trait NicTx: Send {
+    /// Sends a frame, or queues it until [`NicTx::flush`].
     fn send(&mut self, frame: &[u8]) -> io::Result<()>;
+
+    /// Transmits what `send` queued (one syscall for a batch).
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 
     /// Tells the network that the service address is here now (a
     /// gratuitous ARP where the backend can send one).

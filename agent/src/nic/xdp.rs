@@ -19,6 +19,10 @@ impl NicTx for XdpTx {
         XdpTx::send(self, frame).map_err(io::Error::other)
     }
 
+    fn flush(&mut self) -> io::Result<()> {
+        XdpTx::flush(self).map_err(io::Error::other)
+    }
+
     fn announce(&mut self) -> io::Result<()> {
         self.send_gratuitous_arp().map_err(io::Error::other)
     }

@@ -97,9 +97,11 @@ fn run() -> Result<(), String> {
                     emit(&format!(r#"{{"event":"counters",{}}}"#, fields.join(",")));
                 })
                 .map_err(|e| e.to_string()),
-            ("send", Some(frame)) => {
-                unhex(frame).and_then(|frame| tx.send(&frame).map_err(|e| e.to_string()))
-            }
+            ("send", Some(frame)) => unhex(frame).and_then(|frame| {
+                tx.send(&frame)
+                    .and_then(|()| tx.flush())
+                    .map_err(|e| e.to_string())
+            }),
             ("garp", None) => tx.send_gratuitous_arp().map_err(|e| e.to_string()),
             ("detach", None) => {
                 control.detach();

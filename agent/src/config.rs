@@ -56,8 +56,8 @@ pub struct ReplicationArgs {
     /// The arbiter (test-and-set service) that decides who may serve.
     #[arg(long, required = false)]
     pub arbiter: SocketAddr,
-    /// This node's name at the arbiter.
-    #[arg(long, required = false)]
+    /// This node's name at the arbiter (letters, digits, `.`, `_`, `:`, `-`).
+    #[arg(long, required = false, value_parser = parse_node)]
     pub node: String,
     /// Heartbeat interval on the log channel.
     #[arg(long, default_value_t = 50)]
@@ -75,6 +75,13 @@ impl ReplicationArgs {
             ..logchannel::Config::default()
         }
     }
+}
+
+/// A name the arbiter accepts, checked now rather than refused at failover.
+fn parse_node(name: &str) -> Result<String, String> {
+    arbiter::protocol::validate_node(name)
+        .map(|()| name.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// What the log channel handshake compares besides the image.

@@ -14,6 +14,7 @@ use crate::status::Status;
 use anyhow::{Context, Result};
 use ftlog::{Entry, GuestConfig, LogWriter};
 use nix::sys::signal::{SigSet, Signal};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -236,13 +237,19 @@ impl OutputSink for ReleaseNow {
     }
 }
 
-/// The `key=value` line a node prints when its guest stops.
-pub fn print_summary(
+/// Exit code of a node whose guest halted with an error.
+const EXIT_GUEST_FAILED: u8 = 3;
+
+/// How every recording run ends: the node is stopped, prints its
+/// `key=value` summary line, and the guest's exit code becomes its own.
+pub fn conclude(
+    status: &Status,
     summary: &RunSummary,
     dropped_by_queue: u64,
     send_errors: u64,
     log_bytes: u64,
-) {
+) -> ExitCode {
+    status.set_role(crate::status::Role::Stopped);
     println!(
         "state_hash={} exits={} entries={} outputs={} rx_frames={} dropped_frames={} send_errors={} log_bytes={}",
         vmm::replay::hex(&summary.state_hash),
@@ -254,6 +261,16 @@ pub fn print_summary(
         send_errors,
         log_bytes,
     );
+    match summary.guest_exit_code {
+        None | Some(0) => ExitCode::SUCCESS,
+        Some(code) => {
+            tracing::error!(
+                code,
+                "the guest halted with an error (see its console lines above)"
+            );
+            ExitCode::from(EXIT_GUEST_FAILED)
+        }
+    }
 }
 
 /// Logs to stderr; `RUST_LOG` chooses the level (info by default).

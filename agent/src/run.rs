@@ -4,7 +4,7 @@
 
 use agent::arbitration::Arbitration;
 use agent::config::{config_hash, GuestArgs, ReplicationArgs};
-use agent::node::{print_summary, Node, NodeLog, ReleaseNow};
+use agent::node::{conclude, Node, NodeLog, ReleaseNow};
 use agent::pcap::PcapWriter;
 use agent::replication::{OutputGate, Releaser, ReleaserEnd, Replication};
 use agent::status::{Role, Status};
@@ -93,10 +93,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         let result = recorder.run(&mut log, &mut out);
         let log_bytes = log.finish()?;
         let drops = node.finish();
-        let summary = result?;
-        status.set_role(Role::Stopped);
-        print_summary(&summary, drops, out.send_errors, log_bytes);
-        return Ok(guest_exit(summary.guest_exit_code));
+        return Ok(conclude(
+            &status,
+            &result?,
+            drops,
+            out.send_errors,
+            log_bytes,
+        ));
     };
 
     let arbitration = Arbitration::new(replication_args.arbiter, &replication_args.node)?;
@@ -164,9 +167,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         eprintln!("agent: halted: the arbiter gave generation {generation} to {owner:?}; nothing more was released");
         return Ok(ExitCode::from(EXIT_HALTED));
     }
-    status.set_role(Role::Stopped);
-    print_summary(&summary, drops, out.send_errors, log_bytes);
-    Ok(guest_exit(summary.guest_exit_code))
+    Ok(conclude(
+        &status,
+        &summary,
+        drops,
+        out.send_errors,
+        log_bytes,
+    ))
 }
 
 /// Connects to the backup, retrying while it is not up yet; a backup that
@@ -189,19 +196,6 @@ fn connect_backup(
                 std::thread::sleep(Duration::from_millis(200));
             }
             Err(e) => return Err(e).with_context(|| format!("reach the backup at {addr}")),
-        }
-    }
-}
-
-fn guest_exit(code: Option<u32>) -> ExitCode {
-    match code {
-        None | Some(0) => ExitCode::SUCCESS,
-        Some(code) => {
-            tracing::error!(
-                code,
-                "the guest halted with an error (see its console lines above)"
-            );
-            ExitCode::from(3)
         }
     }
 }

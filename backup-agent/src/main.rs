@@ -14,7 +14,7 @@ mod source;
 
 use agent::arbitration::Arbitration;
 use agent::config::{config_hash, GuestArgs, ReplicationArgs};
-use agent::node::{print_summary, Node, NodeLog, ReleaseNow};
+use agent::node::{conclude, Node, NodeLog, ReleaseNow};
 use agent::status::{Role, Status};
 use anyhow::{Context, Result};
 use arbiter::ClaimOutcome;
@@ -175,8 +175,11 @@ fn go_live(
     let mut log = NodeLog::new(None, None, status.clone());
     let result = recorder.run(&mut log, &mut out);
     let drops = node.finish();
-    let summary = result?;
-    status.set_role(Role::Stopped);
-    print_summary(&summary, drops, out.send_errors, log.bytes);
-    Ok(ExitCode::SUCCESS)
+    Ok(conclude(
+        &status,
+        &result?,
+        drops,
+        out.send_errors,
+        log.bytes,
+    ))
 }

@@ -83,7 +83,7 @@ impl LogHeader {
     }
 }
 
-/// Appends entries to a log file (buffered; `flush` makes them visible).
+/// Appends entries to a log file (buffered; `sync` makes them durable).
 pub struct LogWriter {
     out: BufWriter<File>,
     scratch: Vec<u8>,
@@ -103,11 +103,6 @@ impl LogWriter {
         self.scratch.clear();
         encode_entry(entry, &mut self.scratch);
         self.out.write_all(&self.scratch)?;
-        Ok(())
-    }
-
-    pub fn flush(&mut self) -> Result<(), LogError> {
-        self.out.flush()?;
         Ok(())
     }
 

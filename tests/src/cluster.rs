@@ -12,9 +12,10 @@
 //! Every namespace's `eth0` is wired to the switch; `repl` is a direct veth
 //! between the two hosts that carries only the log channel, so a test can
 //! cut replication while both hosts still reach the arbiter and the
-//! clients (and unplug a host's switch port to isolate it entirely). The service (the guest) is 198.18.0.2 / 02:00:00:00:00:02 and
-//! is reached through whichever host is live; go-live's gratuitous ARP
-//! moves it in the switch.
+//! clients (and unplug a host's switch port to isolate it entirely). The
+//! service (the guest) is 198.18.0.2 / 02:00:00:00:00:02 and is reached
+//! through whichever host is live; go-live's gratuitous ARP moves it in the
+//! switch.
 //!
 //! Processes are started and stopped by pid; their stderr goes to files in
 //! a scratch directory, shown when a test panics. Everything (processes,
@@ -22,7 +23,8 @@
 
 use crate::l2::PacketSocket;
 use crate::{
-    binary, guest_image, run, wait_for, Netns, Process, ScratchDir, Summary, GUEST_IP, GUEST_MAC,
+    benchmark_command, binary, guest_image, run, wait_for, Netns, Process, ScratchDir, Summary,
+    GUEST_IP, GUEST_MAC,
 };
 use anyhow::{bail, ensure, Context, Result};
 use std::fs::{File, OpenOptions};
@@ -34,7 +36,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Where the arbiter listens (in `arb`).
-pub const ARBITER_ADDR: &str = "198.18.0.20:7700";
+const ARBITER_ADDR: &str = "198.18.0.20:7700";
 const ARBITER_CIDR: &str = "198.18.0.20/24";
 const CLIENT_CIDR: &str = "198.18.0.1/24";
 /// The backup's log channel port, on its `repl` address.
@@ -215,19 +217,16 @@ impl Cluster {
         for (ns, port, cidr) in lan {
             sw.add_veth(port, ns, "eth0")?;
             sw.exec(&["ip", "link", "set", port, "master", "br0"])?;
-            ns.exec(&["ip", "addr", "add", cidr, "dev", "eth0"])?;
-            // A veth leaves checksums for "hardware" to finish, and XDP
-            // sees frames before anything does; real wires carry them full.
-            ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+            ns.add_addr(cidr, "eth0")?;
+            ns.full_checksums("eth0")?;
         }
         host_a.add_veth("repl", &host_b, "repl")?;
-        host_a.exec(&["ip", "addr", "add", "198.19.0.1/30", "dev", "repl"])?;
-        host_b.exec(&["ip", "addr", "add", "198.19.0.2/30", "dev", "repl"])?;
+        for (ns, host) in [(&host_a, Host::A), (&host_b, Host::B)] {
+            ns.add_addr(&format!("{}/30", host.repl_ip()), "repl")?;
+        }
         // The service's address is fixed; a static entry keeps the first
         // packets of a test from waiting on ARP.
-        client.exec(&[
-            "ip", "neigh", "replace", GUEST_IP, "lladdr", GUEST_MAC, "dev", "eth0",
-        ])?;
+        client.set_neigh(GUEST_IP, GUEST_MAC, "eth0")?;
 
         Ok(Cluster {
             nodes: [None, None],
@@ -325,17 +324,12 @@ impl Cluster {
         let listen = host.backup_addr();
         let cmd = self.agent_command(host, "backup-agent", &[], &["--listen", &listen]);
         self.spawn_node(host, cmd, "backup-agent")?;
-        let up = wait_for("the backup to listen", START_LIMIT, || {
-            if !self.is_running(host) {
-                return Ok(Some(false));
-            }
-            let out = self.host(host).exec(&["ss", "-Hltn"])?;
+        self.wait_node(host, "the backup to listen", START_LIMIT, |cluster| {
+            let out = cluster.host(host).exec(&["ss", "-Hltn"])?;
             Ok(String::from_utf8_lossy(&out.stdout)
                 .contains(&listen)
-                .then_some(true))
-        })?;
-        ensure!(up, "{}", self.ended_early(host, "backup-agent"));
-        Ok(())
+                .then_some(()))
+        })
     }
 
     /// Starts `agent run` on `host` as the primary of the backup on the
@@ -345,14 +339,9 @@ impl Cluster {
         let backup = host.other().backup_addr();
         let cmd = self.agent_command(host, "agent", &["run"], &["--backup", &backup]);
         self.spawn_node(host, cmd, "agent run")?;
-        let up = wait_for("the service to answer PING", START_LIMIT, || {
-            if !self.is_running(host) {
-                return Ok(Some(false));
-            }
-            Ok((self.redis(&["PING"])? == "PONG").then_some(true))
-        })?;
-        ensure!(up, "{}", self.ended_early(host, "agent run"));
-        Ok(())
+        self.wait_node(host, "the service to answer PING", START_LIMIT, |cluster| {
+            Ok((cluster.redis(&["PING"])? == "PONG").then_some(()))
+        })
     }
 
     fn agent_command(&self, host: Host, program: &str, lead: &[&str], role: &[&str]) -> Command {
@@ -400,17 +389,34 @@ impl Cluster {
         Ok(())
     }
 
-    fn ended_early(&mut self, host: Host, what: &str) -> String {
-        let status = self.nodes[host.index()]
-            .take()
-            .and_then(|p| p.wait_with_output(Duration::from_secs(1)).ok())
-            .map(|out| out.status.to_string())
-            .unwrap_or_default();
-        let log = self.node_log(host).unwrap_or_default();
-        format!(
-            "{what} on host-{} ended during start ({status}); its log:\n{log}",
-            host.node()
-        )
+    /// Waits until `check` finds what it looks for while the agent on
+    /// `host` runs; fails at once, with the agent's log, if it ends instead.
+    fn wait_node<T>(
+        &mut self,
+        host: Host,
+        what: &str,
+        limit: Duration,
+        mut check: impl FnMut(&Cluster) -> Result<Option<T>>,
+    ) -> Result<T> {
+        let found = wait_for(what, limit, || {
+            if !self.is_running(host) {
+                return Ok(Some(None));
+            }
+            Ok(check(self)?.map(Some))
+        })?;
+        let Some(found) = found else {
+            let status = self.nodes[host.index()]
+                .take()
+                .and_then(|p| p.wait_with_output(Duration::from_secs(1)).ok())
+                .map(|out| out.status.to_string())
+                .unwrap_or_default();
+            bail!(
+                "the agent on host-{} ended ({status}) while waiting for {what}; its log:\n{}",
+                host.node(),
+                self.node_log(host).unwrap_or_default()
+            );
+        };
+        Ok(found)
     }
 
     fn status_path(&self, host: Host) -> PathBuf {
@@ -439,16 +445,9 @@ impl Cluster {
     /// ends instead.
     pub fn wait_serving(&mut self, host: Host, limit: Duration) -> Result<NodeStatus> {
         let what = format!("host-{} to serve", host.node());
-        let status = wait_for(&what, limit, || {
-            if !self.is_running(host) {
-                return Ok(Some(None));
-            }
-            Ok(self.status(host)?.filter(NodeStatus::is_serving).map(Some))
-        })?;
-        match status {
-            Some(status) => Ok(status),
-            None => bail!("{}", self.ended_early(host, "the agent")),
-        }
+        self.wait_node(host, &what, limit, |cluster| {
+            Ok(cluster.status(host)?.filter(NodeStatus::is_serving))
+        })
     }
 
     /// The stderr of the latest agent started on `host`.
@@ -541,14 +540,10 @@ impl Cluster {
         Process::spawn(self.benchmark_command(args), "redis-benchmark")
     }
 
-    /// The command `spawn_benchmark` runs, to adjust before spawning it.
-    /// SIGTERM (not SIGKILL) stops it: `timeout` passes it on.
+    /// The command `spawn_benchmark` runs, to adjust before spawning it:
+    /// [`benchmark_command`] from the client namespace.
     pub fn benchmark_command(&self, args: &[&str]) -> Command {
-        let mut cmd = self.client.command("timeout");
-        cmd.args(["300", "redis-benchmark", "-h", GUEST_IP, "-q"])
-            .args(args)
-            .stdout(Stdio::piped());
-        cmd
+        benchmark_command(&self.client, args)
     }
 
     /// `ft-checker` against the service on list `key`, in the background;

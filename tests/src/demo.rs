@@ -134,6 +134,9 @@ pub struct Verdict {
     pub lost: u64,
     /// Values present more than once.
     pub duplicated: u64,
+    /// Values the service answered with an error (at most one: ft-checker
+    /// stops at the first).
+    pub refused: u64,
     /// Whether ft-checker's one TCP connection lasted to the end.
     pub connection_survived: bool,
     /// The client's longest wait for an answer on its connection over the
@@ -147,9 +150,9 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// Nothing lost, nothing doubled, and the connection survived.
+    /// Nothing lost, doubled or refused, and the connection survived.
     pub fn is_good(&self) -> bool {
-        self.lost == 0 && self.duplicated == 0 && self.connection_survived
+        self.lost == 0 && self.duplicated == 0 && self.refused == 0 && self.connection_survived
     }
 }
 
@@ -188,7 +191,6 @@ pub fn run(
     let mut demo = Demo {
         cluster,
         started: Instant::now(),
-        phase: Phase::Steady,
         generation_before,
         generation_after: generation_before,
         killed_at: None,
@@ -235,6 +237,7 @@ pub fn run(
         acked: report.number("acked"),
         lost: report.number("lost"),
         duplicated: report.number("duplicated"),
+        refused: report.number("refused"),
         connection_survived: report.get("connection_survived") == "true",
         failover_ms: report.number("max_gap_ms"),
         generation_before,
@@ -255,7 +258,6 @@ struct Demo {
     cluster: Cluster,
     /// When the traffic started: the clock of events and snapshots.
     started: Instant,
-    phase: Phase,
     /// The primary's generation, and the backup's once it serves.
     generation_before: u64,
     generation_after: u64,
@@ -268,6 +270,14 @@ struct Demo {
 }
 
 impl Demo {
+    fn phase(&self) -> Phase {
+        match (self.killed_at, self.live_at) {
+            (None, _) => Phase::Steady,
+            (Some(_), None) => Phase::FailingOver,
+            (Some(_), Some(_)) => Phase::BackupLive,
+        }
+    }
+
     fn event(&self, text: String) -> Frame {
         Frame::Event {
             at: self.started.elapsed(),
@@ -280,25 +290,18 @@ impl Demo {
     /// after the failover has run its time.
     fn step(&mut self, options: &DemoOptions, view: &mut dyn FnMut(&Frame)) -> Result<bool> {
         let now = Instant::now();
-        match self.phase {
-            Phase::Steady if now - self.started >= options.before_kill => {
-                self.kill_primary(view)?
-            }
-            Phase::FailingOver => {
+        match (self.killed_at, self.live_at) {
+            (None, _) if now - self.started >= options.before_kill => self.kill_primary(view)?,
+            (None, _) => {}
+            (Some(killed), None) => {
                 if let Some(generation) = self.backup_serves()? {
                     self.generation_after = generation;
                     self.live_at = Some(now);
-                    self.phase = Phase::BackupLive;
-                } else if self.killed_at.is_some_and(|k| now - k > FAILOVER_LIMIT) {
+                } else if now - killed > FAILOVER_LIMIT {
                     bail!("the backup did not serve within {FAILOVER_LIMIT:?}");
                 }
             }
-            Phase::BackupLive => {
-                return Ok(self
-                    .live_at
-                    .is_some_and(|live| now - live >= options.after_failover));
-            }
-            Phase::Steady => {}
+            (Some(_), Some(live)) => return Ok(now - live >= options.after_failover),
         }
         Ok(false)
     }
@@ -306,10 +309,9 @@ impl Demo {
     /// Both nodes now; a role change is an event.
     fn read_nodes(&mut self, view: &mut dyn FnMut(&Frame)) -> Result<[NodeView; 2]> {
         let nodes = [self.node(Host::A)?, self.node(Host::B)?];
-        for (seen, node) in self.roles.iter_mut().zip(&nodes) {
-            if seen.as_deref() != Some(node.role.as_str()) {
-                let was = seen.replace(node.role.clone());
-                let text = match was {
+        for (i, node) in nodes.iter().enumerate() {
+            if self.roles[i].as_deref() != Some(node.role.as_str()) {
+                let text = match self.roles[i].replace(node.role.clone()) {
                     Some(was) => format!(
                         "host-{}: {was} → {} (generation {})",
                         node.host.node(),
@@ -318,10 +320,7 @@ impl Demo {
                     ),
                     None => format!("host-{}: {}", node.host.node(), node.role),
                 };
-                view(&Frame::Event {
-                    at: self.started.elapsed(),
-                    text,
-                });
+                view(&self.event(text));
             }
         }
         Ok(nodes)
@@ -363,7 +362,6 @@ impl Demo {
         view(&self.event(format!("kill -9 {pid} (the primary, host-a)")));
         self.killed_at = Some(Instant::now());
         self.cluster.kill(Host::A)?;
-        self.phase = Phase::FailingOver;
         Ok(())
     }
 
@@ -400,7 +398,7 @@ impl Demo {
         self.last = Some((now, entries, acked));
         Snapshot {
             at: now - self.started,
-            phase: self.phase,
+            phase: self.phase(),
             nodes,
             checker_acked: acked,
             checker_per_s,

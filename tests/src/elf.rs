@@ -21,15 +21,16 @@ pub fn tiny_elf(code: &[u8]) -> Vec<u8> {
     elf.extend_from_slice(&EHDR_LEN.to_le_bytes()); // e_phoff
     elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
     elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    elf.extend_from_slice(&(EHDR_LEN as u16).to_le_bytes());
-    elf.extend_from_slice(&(PHDR_LEN as u16).to_le_bytes());
+    elf.extend_from_slice(&(EHDR_LEN as u16).to_le_bytes()); // e_ehsize
+    elf.extend_from_slice(&(PHDR_LEN as u16).to_le_bytes()); // e_phentsize
     elf.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
     elf.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
     elf.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
     elf.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
-                                                // Program header: PT_LOAD, R+X, the whole file at BASE.
-    elf.extend_from_slice(&1u32.to_le_bytes());
-    elf.extend_from_slice(&5u32.to_le_bytes());
+
+    // Program header: PT_LOAD, R+X, the whole file at BASE.
+    elf.extend_from_slice(&1u32.to_le_bytes()); // p_type: LOAD
+    elf.extend_from_slice(&5u32.to_le_bytes()); // p_flags: R+X
     elf.extend_from_slice(&0u64.to_le_bytes()); // p_offset
     elf.extend_from_slice(&BASE.to_le_bytes()); // p_vaddr
     elf.extend_from_slice(&BASE.to_le_bytes()); // p_paddr

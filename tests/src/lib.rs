@@ -11,19 +11,26 @@ pub mod elf;
 pub mod l2;
 
 use anyhow::{bail, Context, Result};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Fails the test unless it runs as root with /dev/kvm present.
-pub fn require_root_and_kvm() {
+/// Fails the test unless it runs as root.
+pub fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(
         euid, 0,
         "end-to-end tests need root (namespaces, TAP, KVM, BPF)"
     );
+}
+
+/// Fails the test unless it runs as root with /dev/kvm present.
+pub fn require_root_and_kvm() {
+    require_root();
     assert!(
         Path::new("/dev/kvm").exists(),
         "end-to-end tests need /dev/kvm"
@@ -147,9 +154,28 @@ impl Netns {
     /// A TAP device in this namespace with `host_cidr` on the host side, up.
     pub fn add_tap(&self, name: &str, host_cidr: &str) -> Result<()> {
         self.exec(&["ip", "tuntap", "add", "dev", name, "mode", "tap"])?;
-        self.exec(&["ip", "addr", "add", host_cidr, "dev", name])?;
+        self.add_addr(host_cidr, name)?;
         self.exec(&["ip", "link", "set", name, "up"])?;
         Ok(())
+    }
+
+    /// Adds the address `cidr` to `dev`.
+    pub fn add_addr(&self, cidr: &str, dev: &str) -> Result<()> {
+        self.exec(&["ip", "addr", "add", cidr, "dev", dev])
+            .map(drop)
+    }
+
+    /// A static (permanent) neighbour entry: `ip` is at `mac` on `dev`.
+    pub fn set_neigh(&self, ip: &str, mac: &str, dev: &str) -> Result<()> {
+        self.exec(&["ip", "neigh", "replace", ip, "lladdr", mac, "dev", dev])
+            .map(drop)
+    }
+
+    /// Makes `dev` send full checksums: a veth leaves them for "hardware"
+    /// to finish, and XDP sees frames before anything does; real wires
+    /// carry them full.
+    pub fn full_checksums(&self, dev: &str) -> Result<()> {
+        self.exec(&["ethtool", "-K", dev, "tx", "off"]).map(drop)
     }
 }
 
@@ -197,12 +223,15 @@ impl Process {
     }
 
     /// Waits for the process to end, at most `limit`, and returns its output
-    /// if it was spawned with piped stdout/stderr.
+    /// if it was spawned with piped stdout/stderr (read while it runs, so a
+    /// full pipe cannot stall it).
     pub fn wait_with_output(mut self, limit: Duration) -> Result<Output> {
+        let stdout = self.child.stdout.take().map(drain);
+        let stderr = self.child.stderr.take().map(drain);
         let deadline = Instant::now() + limit;
-        loop {
-            if self.child.try_wait()?.is_some() {
-                break;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
             }
             if Instant::now() > deadline {
                 bail!(
@@ -212,10 +241,15 @@ impl Process {
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
-        }
-        let child = std::mem::replace(&mut self.child, dummy_child());
-        std::mem::forget(self);
-        Ok(child.wait_with_output()?)
+        };
+        let collect = |reader: Option<JoinHandle<Vec<u8>>>| {
+            reader.map_or_else(Vec::new, |r| r.join().unwrap_or_default())
+        };
+        Ok(Output {
+            status,
+            stdout: collect(stdout),
+            stderr: collect(stderr),
+        })
     }
 
     /// Whether the process is still running.
@@ -224,11 +258,13 @@ impl Process {
     }
 }
 
-// A reaped placeholder so `wait_with_output` can move the real child out.
-fn dummy_child() -> Child {
-    let mut child = Command::new("true").spawn().expect("spawn true");
-    let _ = child.wait();
-    child
+/// Reads `pipe` to its end on a thread of its own.
+fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        bytes
+    })
 }
 
 impl Drop for Process {
@@ -282,9 +318,7 @@ impl Guest {
     pub fn on_tap(tag: &str, extra: &[&std::ffi::OsStr]) -> Result<Self> {
         let ns = Netns::new(tag)?;
         ns.add_tap("tap0", CLIENT_CIDR)?;
-        ns.exec(&[
-            "ip", "neigh", "replace", GUEST_IP, "lladdr", GUEST_MAC, "dev", "tap0",
-        ])?;
+        ns.set_neigh(GUEST_IP, GUEST_MAC, "tap0")?;
         let agent = spawn_agent(&ns, &["--tap", "tap0"], extra)?;
         Guest::ready(Guest {
             agent,
@@ -299,14 +333,10 @@ impl Guest {
         let client = Netns::new(&format!("{tag}c"))?;
         let host = Netns::new(&format!("{tag}h"))?;
         client.add_veth("eth0", &host, "eth0")?;
-        client.exec(&["ip", "addr", "add", CLIENT_CIDR, "dev", "eth0"])?;
-        // A veth leaves TCP checksums for "hardware" to finish, and XDP sees
-        // the frame before anything does; real wires carry full checksums.
-        client.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
-        host.exec(&["ip", "addr", "add", &format!("{HOST_IP}/24"), "dev", "eth0"])?;
-        client.exec(&[
-            "ip", "neigh", "replace", GUEST_IP, "lladdr", GUEST_MAC, "dev", "eth0",
-        ])?;
+        client.add_addr(CLIENT_CIDR, "eth0")?;
+        client.full_checksums("eth0")?;
+        host.add_addr(&format!("{HOST_IP}/24"), "eth0")?;
+        client.set_neigh(GUEST_IP, GUEST_MAC, "eth0")?;
         let agent = spawn_agent(&host, &["--xdp", "eth0"], extra)?;
         Guest::ready(Guest {
             agent,
@@ -358,6 +388,17 @@ pub fn redis_cli(client: &Netns, args: &[&str]) -> Result<String> {
         .args(args);
     let out = run(&mut cmd)?;
     Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+}
+
+/// `redis-benchmark -q` against the service from `client`, bounded to 5
+/// minutes (it has no limit of its own); its report is on stdout. SIGTERM
+/// (not SIGKILL) stops it early: `timeout` passes it on.
+pub fn benchmark_command(client: &Netns, args: &[&str]) -> Command {
+    let mut cmd = client.command("timeout");
+    cmd.args(["300", "redis-benchmark", "-h", GUEST_IP, "-p", "6379", "-q"])
+        .args(args)
+        .stdout(Stdio::piped());
+    cmd
 }
 
 fn spawn_agent(ns: &Netns, nic: &[&str], extra: &[&std::ffi::OsStr]) -> Result<Process> {

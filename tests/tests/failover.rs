@@ -6,7 +6,7 @@
 //! Failover times are printed, never asserted.
 
 use anyhow::Result;
-use ft_tests::cluster::{ArbiterState, Cluster, Host};
+use ft_tests::cluster::{ArbiterState, Cluster, Host, ServiceFrames};
 use ft_tests::{require_root_and_kvm, wait_for, Process, Summary};
 use ftlog::{Entry, Payload, Position};
 use logchannel::wire::{encode, Message};
@@ -40,15 +40,22 @@ fn llen(cluster: &Cluster, key: &str) -> Result<u64> {
     Ok(cluster.redis(&["LLEN", key])?.parse()?)
 }
 
-/// Waits until the checker has pushed `count` values to `key`.
-fn wait_pushed(cluster: &Cluster, key: &str, count: u64) {
+/// Starts ft-checker pushing its history to `key` for 15 s and waits until
+/// `count` values went through the primary.
+fn start_history(cluster: &Cluster, key: &str, count: u64) -> Process {
+    let checker = cluster
+        .spawn_checker(key, &["--duration-ms", "15000", "--pause-ms", "2"])
+        .unwrap();
     wait_for("the checker to push", Duration::from_secs(30), || {
         Ok((llen(cluster, key)? >= count).then_some(()))
     })
     .expect("the checker pushes through the primary");
+    checker
 }
 
 /// Waits for ft-checker and returns its report, which must be a success.
+/// The report's `max_gap_ms` is the longest wait the client saw (the
+/// failover, if there was one).
 fn checker_report(checker: Process) -> Summary {
     let out = checker
         .wait_with_output(Duration::from_secs(120))
@@ -58,9 +65,40 @@ fn checker_report(checker: Process) -> Summary {
     let report = Summary::parse(&stdout);
     assert_eq!(report.number("lost"), 0, "{stdout}");
     assert_eq!(report.number("duplicated"), 0, "{stdout}");
+    assert_eq!(report.number("refused"), 0, "{stdout}");
     assert_eq!(report.get("connection_survived"), "true", "{stdout}");
     assert!(out.status.success(), "ft-checker: {}: {stdout}", out.status);
     report
+}
+
+/// What the arbiter must say after one claim won by `owner` since `before`.
+fn next_claim(before: &ArbiterState, owner: Host) -> ArbiterState {
+    ArbiterState {
+        generation: before.generation + 1,
+        owner: owner.node().into(),
+    }
+}
+
+/// Once `winner` sent service frames after `cut`, none came from the other
+/// host.
+fn assert_only_winner_after(frames: &ServiceFrames, winner: Host, cut: Instant) {
+    let took_over = *frames
+        .from(winner)
+        .iter()
+        .find(|&&t| t > cut)
+        .unwrap_or_else(|| panic!("host-{} sent service frames after the cut", winner.node()));
+    let late = frames
+        .from(winner.other())
+        .iter()
+        .filter(|&&t| t > took_over)
+        .count();
+    assert_eq!(
+        late,
+        0,
+        "host-{} sent service frames after host-{} took over",
+        winner.other().node(),
+        winner.node()
+    );
 }
 
 /// What `redis-cli LRANGE` shows must agree with the checker: exactly
@@ -120,10 +158,7 @@ fn kill_9_of_the_primary_mid_history_the_backup_continues_the_same_connection() 
     assert_eq!(cluster.redis(&["SET", "before", "failover"]).unwrap(), "OK");
     let before = cluster.arbiter_state().unwrap();
 
-    let checker = cluster
-        .spawn_checker("history", &["--duration-ms", "15000", "--pause-ms", "2"])
-        .unwrap();
-    wait_pushed(&cluster, "history", 200);
+    let checker = start_history(&cluster, "history", 200);
     let kill = Instant::now();
     cluster.kill(Host::A).unwrap();
     cluster.wait_serving(Host::B, FAILOVER_LIMIT).unwrap();
@@ -132,10 +167,6 @@ fn kill_9_of_the_primary_mid_history_the_backup_continues_the_same_connection() 
     let at_go_live = llen(&cluster, "history").unwrap();
 
     let report = checker_report(checker);
-    eprintln!(
-        "failover seen by the client: {} ms",
-        report.number("max_gap_ms")
-    );
     assert!(
         report.number("acked") > at_go_live,
         "nothing acknowledged after the failover: {report:?}, {at_go_live} at go-live"
@@ -144,13 +175,7 @@ fn kill_9_of_the_primary_mid_history_the_backup_continues_the_same_connection() 
     assert_eq!(cluster.redis(&["GET", "before"]).unwrap(), "failover");
 
     let after = cluster.arbiter_state().unwrap();
-    assert_eq!(
-        after,
-        ArbiterState {
-            generation: before.generation + 1,
-            owner: "b".into()
-        }
-    );
+    assert_eq!(after, next_claim(&before, Host::B));
     let live = cluster.status(Host::B).unwrap().expect("host-b status");
     assert_eq!(live.number("generation"), after.generation, "{live:?}");
     assert_eq!(cluster.service_port().unwrap(), Some(Host::B));
@@ -163,10 +188,7 @@ fn cutting_the_log_channel_leaves_exactly_one_side_serving() {
     let mut cluster = replicated_pair("fp");
     let before = cluster.arbiter_state().unwrap();
     let watch = cluster.watch_service().unwrap();
-    let checker = cluster
-        .spawn_checker("partition", &["--duration-ms", "15000", "--pause-ms", "2"])
-        .unwrap();
-    wait_pushed(&cluster, "partition", 200);
+    let checker = start_history(&cluster, "partition", 200);
 
     cluster.cut_replication().unwrap();
     let cut = Instant::now();
@@ -215,10 +237,6 @@ fn cutting_the_log_channel_leaves_exactly_one_side_serving() {
 
     // The client's connection went on, whichever side won.
     let report = checker_report(checker);
-    eprintln!(
-        "longest wait seen by the client: {} ms",
-        report.number("max_gap_ms")
-    );
     assert_history(&cluster, "partition", &report);
     assert_eq!(cluster.redis(&["SET", "after", "cut"]).unwrap(), "OK");
     assert_eq!(cluster.redis(&["GET", "after"]).unwrap(), "cut");
@@ -227,32 +245,11 @@ fn cutting_the_log_channel_leaves_exactly_one_side_serving() {
     // and once the winner served after the cut, no service frame came
     // from the loser.
     assert_eq!(cluster.service_port().unwrap(), Some(winner));
-    let frames = watch.finish();
-    let took_over = *frames
-        .from(winner)
-        .iter()
-        .find(|&&t| t > cut)
-        .expect("the winner sent service frames after the cut");
-    let late = frames
-        .from(loser)
-        .iter()
-        .filter(|&&t| t > took_over)
-        .count();
-    assert_eq!(
-        late,
-        0,
-        "host-{} sent service frames after host-{} took over",
-        loser.node(),
-        winner.node()
-    );
+    assert_only_winner_after(&watch.finish(), winner, cut);
 
-    let after = cluster.arbiter_state().unwrap();
     assert_eq!(
-        after,
-        ArbiterState {
-            generation: before.generation + 1,
-            owner: winner.node().into()
-        }
+        cluster.arbiter_state().unwrap(),
+        next_claim(&before, winner)
     );
     cluster.stop(winner).unwrap();
 }
@@ -263,10 +260,7 @@ fn an_isolated_primary_that_lost_the_arbiter_halts_when_it_comes_back() {
     let mut cluster = replicated_pair("fi");
     let before = cluster.arbiter_state().unwrap();
     let watch = cluster.watch_service().unwrap();
-    let checker = cluster
-        .spawn_checker("isolated", &["--duration-ms", "15000", "--pause-ms", "2"])
-        .unwrap();
-    wait_pushed(&cluster, "isolated", 200);
+    let checker = start_history(&cluster, "isolated", 200);
 
     // host-a loses everything: its backup, the arbiter and the clients.
     cluster.cut_replication().unwrap();
@@ -275,13 +269,7 @@ fn an_isolated_primary_that_lost_the_arbiter_halts_when_it_comes_back() {
     cluster.wait_serving(Host::B, FAILOVER_LIMIT).unwrap();
     eprintln!("host-b serves {:?} after the cut", cut.elapsed());
     let after = cluster.arbiter_state().unwrap();
-    assert_eq!(
-        after,
-        ArbiterState {
-            generation: before.generation + 1,
-            owner: "b".into()
-        }
-    );
+    assert_eq!(after, next_claim(&before, Host::B));
 
     // host-a comes back: the arbiter says no, and it halts without
     // releasing anything it held.
@@ -292,24 +280,9 @@ fn an_isolated_primary_that_lost_the_arbiter_halts_when_it_comes_back() {
     assert_eq!(last.role(), "halted", "{last:?}");
 
     let report = checker_report(checker);
-    eprintln!(
-        "longest wait seen by the client: {} ms",
-        report.number("max_gap_ms")
-    );
     assert_history(&cluster, "isolated", &report);
     assert_eq!(cluster.service_port().unwrap(), Some(Host::B));
-    let frames = watch.finish();
-    let took_over = *frames
-        .from(Host::B)
-        .iter()
-        .find(|&&t| t > cut)
-        .expect("host-b sent service frames after the cut");
-    let late = frames
-        .from(Host::A)
-        .iter()
-        .filter(|&&t| t > took_over)
-        .count();
-    assert_eq!(late, 0, "host-a sent service frames after host-b took over");
+    assert_only_winner_after(&watch.finish(), Host::B, cut);
     assert_eq!(cluster.arbiter_state().unwrap(), after);
     cluster.stop(Host::B).unwrap();
 }
@@ -393,10 +366,7 @@ fn send_rogue(cluster: &Cluster, bytes: &[u8]) -> SocketAddr {
 fn garbage_bad_frames_and_a_wrong_image_are_refused_while_replication_goes_on() {
     let _one = exclusive();
     let mut cluster = replicated_pair("fr");
-    let checker = cluster
-        .spawn_checker("rogue", &["--duration-ms", "15000", "--pause-ms", "2"])
-        .unwrap();
-    wait_pushed(&cluster, "rogue", 100);
+    let checker = start_history(&cluster, "rogue", 100);
 
     let entry = Entry {
         seq: 0,

@@ -38,7 +38,8 @@ fn redis_cli_gets_the_right_answers() {
     let reply = guest
         .client
         .run_in(|| {
-            let mut conn = TcpStream::connect((GUEST_IP, 6379))?;
+            let service = format!("{GUEST_IP}:6379").parse()?;
+            let mut conn = TcpStream::connect_timeout(&service, Duration::from_secs(10))?;
             conn.set_read_timeout(Some(Duration::from_secs(10)))?;
             conn.write_all(b"*2\r\n$3\r\nGET\r\n$abc\r\n")?;
             let mut reply = Vec::new();

@@ -2,24 +2,33 @@
 //! fail exactly where a tampered log stops matching.
 
 use ft_tests::{
-    binary, guest_image, require_root_and_kvm, run, Guest, ScratchDir, Summary, GUEST_IP,
+    benchmark_command, binary, guest_image, require_root_and_kvm, run, Guest, Process, ScratchDir,
+    Summary, GUEST_IP, GUEST_MAC,
 };
 use ftlog::{Entry, LogReader, LogWriter, Payload};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+/// Runs `cmd` to its end, at most `limit`, and returns its output.
+fn output_within(mut cmd: Command, what: &str, limit: Duration) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    Process::spawn(cmd, what)
+        .and_then(|p| p.wait_with_output(limit))
+        .unwrap_or_else(|e| panic!("{what}: {e:#}"))
+}
 
 /// Runs `agent replay` on `log`, writing the replayed outputs to `pcap`.
 fn replay(log: &Path, pcap: &Path) -> Output {
-    Command::new(binary("agent"))
-        .arg("replay")
+    let mut cmd = Command::new(binary("agent"));
+    cmd.arg("replay")
         .arg("--guest")
         .arg(guest_image())
         .arg("--log")
         .arg(log)
         .arg("--pcap")
-        .arg(pcap)
-        .output()
-        .expect("run agent replay")
+        .arg(pcap);
+    output_within(cmd, "agent replay", Duration::from_secs(300))
 }
 
 fn read_log(path: &Path) -> (ftlog::LogHeader, Vec<Entry>) {
@@ -97,10 +106,7 @@ fn recorded_workload_replays_identically_and_tampering_is_caught() {
 
     // 2,000 requests from redis-benchmark over 10 connections, plus a list
     // built one command at a time by redis-cli.
-    let mut bench = guest.client.command("redis-benchmark");
-    bench.args([
-        "-h", GUEST_IP, "-p", "6379", "-n", "1000", "-c", "10", "-t", "set,get", "-q",
-    ]);
+    let mut bench = benchmark_command(&guest.client, &["-n", "1000", "-c", "10", "-t", "set,get"]);
     let out = run(&mut bench).expect("redis-benchmark");
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(report.contains("SET") && report.contains("GET"), "{report}");
@@ -231,20 +237,12 @@ fn guest_image_with_rdtsc_is_refused_with_its_offset() {
         ft_tests::elf::tiny_elf(&[0x90, 0x90, 0x0f, 0x31, 0x66, 0xba, 0x01, 0x0f, 0xef]),
     )
     .unwrap();
-    let out = Command::new(binary("agent"))
-        .args([
-            "run",
-            "--tap",
-            "unused0",
-            "--ip",
-            "198.18.0.2/24",
-            "--mac",
-            "02:00:00:00:00:02",
-            "--guest",
-        ])
-        .arg(&image)
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(binary("agent"));
+    cmd.args(["run", "--tap", "unused0", "--ip", &format!("{GUEST_IP}/24")])
+        .args(["--mac", GUEST_MAC, "--guest"])
+        .arg(&image);
+    // Bounded: an agent that accepted the image would run on.
+    let out = output_within(cmd, "agent run", Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     let expected = format!(

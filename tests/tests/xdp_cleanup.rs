@@ -20,19 +20,9 @@ use xdp_support::*;
 const SECOND: Duration = Duration::from_secs(1);
 
 /// Whether a frame from the service MAC, sent by the host stack, reaches
-/// the peer (i.e. no fence is in force). A frame from the host's own MAC
-/// right after it is the marker that ends the wait.
+/// the peer (i.e. no fence is in force).
 fn service_frame_leaves(topo: &Topo, tag: &str) -> Result<bool> {
-    let _ = topo
-        .host_sock
-        .send(&tagged(topo.peer_mac, SERVICE_MAC, tag));
-    topo.host_sock
-        .send(&tagged(topo.peer_mac, topo.host_mac, "end-of-check"))?;
-    let seen = topo
-        .peer_sock
-        .collect_until(3 * SECOND, |f| has_tag(f, "end-of-check"))
-        .context("the host's own frame never reached the peer")?;
-    Ok(seen.iter().any(|f| has_tag(f, tag)))
+    topo.crossed_from_host_stack(SERVICE_MAC, tag)
 }
 
 /// Asserts that the host interface carries nothing of ours and that the
@@ -59,7 +49,7 @@ fn assert_nothing_left(topo: &Topo, programs: &[u32], tag: &str) -> Result<()> {
 fn xdp_normal_exit_leaves_nothing_attached() -> Result<()> {
     let topo = Topo::new("xn", None)?;
     let probe = Probe::start(&topo.host, HOST_IF, "backup")?;
-    let ids = [probe.xdp_prog_id(), probe.fence_prog_id()];
+    let ids = probe.prog_ids();
     assert_eq!(topo.xdp_prog_on_host()?, Some(ids[0]));
     assert!(prog_exists(ids[0]) && prog_exists(ids[1]));
     assert!(
@@ -75,7 +65,7 @@ fn xdp_normal_exit_leaves_nothing_attached() -> Result<()> {
 fn xdp_sigkill_then_restart_leaves_no_stale_attachment() -> Result<()> {
     let topo = Topo::new("xk", None)?;
     let probe = Probe::start(&topo.host, HOST_IF, "backup")?;
-    let ids = [probe.xdp_prog_id(), probe.fence_prog_id()];
+    let ids = probe.prog_ids();
     assert!(
         !service_frame_leaves(&topo, "before-kill")?,
         "fence not in force"
@@ -86,11 +76,9 @@ fn xdp_sigkill_then_restart_leaves_no_stale_attachment() -> Result<()> {
 
     // The restarted agent attaches afresh and works.
     let mut probe = Probe::start(&topo.host, HOST_IF, "primary")?;
-    let new_ids = [probe.xdp_prog_id(), probe.fence_prog_id()];
+    let new_ids = probe.prog_ids();
     assert_eq!(topo.xdp_prog_on_host()?, Some(new_ids[0]));
-    topo.peer_sock
-        .send(&tagged(SERVICE_MAC, topo.peer_mac, "after-restart"))?;
-    probe.wait_rx("frame after restart", |f| has_tag(&f.head, "after-restart"))?;
+    topo.deliver(&probe, "after-restart")?;
     probe.cmd("role backup")?;
     assert!(
         !service_frame_leaves(&topo, "restarted-backup")?,
@@ -108,11 +96,7 @@ fn xdp_second_agent_on_the_same_interface_is_refused() -> Result<()> {
     assert!(err.contains("another agent"), "{err}");
     // The first one is untouched.
     assert_eq!(topo.xdp_prog_on_host()?, Some(first.xdp_prog_id()));
-    topo.peer_sock
-        .send(&tagged(SERVICE_MAC, topo.peer_mac, "still-first"))?;
-    first.wait_rx("frame to the first agent", |f| {
-        has_tag(&f.head, "still-first")
-    })?;
+    topo.deliver(&first, "still-first")?;
     first.quit()
 }
 
@@ -141,9 +125,7 @@ fn xdp_open_removes_legacy_leftovers_of_a_crashed_agent() -> Result<()> {
     let filters = topo.tc_egress_filters()?;
     assert!(!filters.contains("ft_fence"), "stale fence left: {filters}");
     assert!(service_frame_leaves(&topo, "primary-after-cleanup")?);
-    topo.peer_sock
-        .send(&tagged(SERVICE_MAC, topo.peer_mac, "after-cleanup"))?;
-    probe.wait_rx("frame after cleanup", |f| has_tag(&f.head, "after-cleanup"))?;
+    topo.deliver(&probe, "after-cleanup")?;
     probe.quit()
 }
 

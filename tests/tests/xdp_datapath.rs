@@ -13,33 +13,12 @@ use xdp_support::*;
 
 const SECOND: Duration = Duration::from_secs(1);
 
-/// Whether the peer saw the frame tagged `tag` that the host stack sent
-/// from `src`. A frame from the host's own MAC sent right after is the
-/// marker: once it arrived, the tagged one would have too.
-fn crossed_from_host_stack(topo: &Topo, src: [u8; 6], tag: &str) -> Result<bool> {
-    // An egress drop answers ENOBUFS; what counts is what reaches the peer.
-    let _ = topo.host_sock.send(&tagged(topo.peer_mac, src, tag));
-    // Distinct from `tag` (has_tag matches substrings).
-    let marker = format!("marker-{}", tag.len() * 7919 + tag.as_bytes()[0] as usize);
-    topo.host_sock
-        .send(&tagged(topo.peer_mac, topo.host_mac, &marker))?;
-    let seen = topo
-        .peer_sock
-        .collect_until(3 * SECOND, |f| has_tag(f, &marker))
-        .context("the host's own frame (marker) never reached the peer")?;
-    Ok(seen.iter().any(|f| has_tag(f, tag)))
-}
-
 #[test]
 fn xdp_primary_delivers_service_frames_and_passes_host_traffic() -> Result<()> {
     let topo = Topo::new("xa", None)?;
     let mut probe = Probe::start(&topo.host, HOST_IF, "primary")?;
 
-    topo.peer_sock
-        .send(&tagged(SERVICE_MAC, topo.peer_mac, "unicast-to-service"))?;
-    let got = probe.wait_rx("unicast frame to the service MAC", |f| {
-        has_tag(&f.head, "unicast-to-service")
-    })?;
+    let got = topo.deliver(&probe, "unicast-to-service")?;
     assert_eq!(got.len, 60);
     topo.peer_sock
         .send(&arp_request(topo.peer_mac, PEER_IP, SERVICE_IP))?;
@@ -118,11 +97,7 @@ fn xdp_backup_drops_service_frames_until_promoted() -> Result<()> {
     topo.ping_host()?;
 
     probe.cmd("role primary")?;
-    topo.peer_sock
-        .send(&tagged(SERVICE_MAC, topo.peer_mac, "after-promotion"))?;
-    probe.wait_rx("frame after promotion", |f| {
-        has_tag(&f.head, "after-promotion")
-    })?;
+    topo.deliver(&probe, "after-promotion")?;
     let rx = probe.rx();
     assert_eq!(
         rx.len(),
@@ -153,12 +128,12 @@ fn xdp_fence_silences_a_non_primary_host() -> Result<()> {
 
     // The host stack's path (tc egress).
     assert!(
-        !crossed_from_host_stack(&topo, SERVICE_MAC, "stack-while-backup")?,
+        !topo.crossed_from_host_stack(SERVICE_MAC, "stack-while-backup")?,
         "a frame from the service MAC left a backup host"
     );
     assert_eq!(probe.counters()?.get("fenced"), 1);
     assert!(
-        crossed_from_host_stack(&topo, topo.host_mac, "host-own-while-backup")?,
+        topo.crossed_from_host_stack(topo.host_mac, "host-own-while-backup")?,
         "the fence must not touch the host's own frames"
     );
     topo.ping_host()?;
@@ -177,7 +152,7 @@ fn xdp_fence_silences_a_non_primary_host() -> Result<()> {
     // Promoted, both paths carry the service MAC again.
     probe.cmd("role primary")?;
     assert!(
-        crossed_from_host_stack(&topo, SERVICE_MAC, "stack-while-primary")?,
+        topo.crossed_from_host_stack(SERVICE_MAC, "stack-while-primary")?,
         "the fence dropped a primary's frame"
     );
     probe.send(&tagged(topo.peer_mac, SERVICE_MAC, "xsk-while-primary"))?;
@@ -326,9 +301,7 @@ fn xdp_flood_is_accounted_for_and_the_port_keeps_working() -> Result<()> {
 
     // Still working.
     probe.cmd("role primary")?;
-    topo.peer_sock
-        .send(&tagged(SERVICE_MAC, topo.peer_mac, "after-flood"))?;
-    probe.wait_rx("frame after the flood", |f| has_tag(&f.head, "after-flood"))?;
+    topo.deliver(&probe, "after-flood")?;
     ensure!(probe.counters()?.get("redirected") > redirected_before);
     topo.ping_host()?;
     probe.quit()
@@ -345,11 +318,7 @@ fn xdp_falls_back_to_skb_mode_when_the_driver_refuses() -> Result<()> {
     let mut jumbo = tagged(SERVICE_MAC, topo.peer_mac, "jumbo");
     jumbo.resize(5000, 0);
     topo.peer_sock.send(&jumbo)?;
-    topo.peer_sock
-        .send(&tagged(SERVICE_MAC, topo.peer_mac, "skb-mode"))?;
-    probe.wait_rx("service frame in SKB mode", |f| {
-        has_tag(&f.head, "skb-mode")
-    })?;
+    topo.deliver(&probe, "skb-mode")?;
     let c = probe.counters()?;
     assert_eq!((c.get("redirected"), c.get("oversize")), (1, 1), "{c:?}");
     topo.ping_host()?;

@@ -1,7 +1,7 @@
 //! The guest served through the XDP/AF_XDP datapath on a veth: the
 //! service's frames reach the guest, the host's own traffic is untouched.
 
-use ft_tests::{require_root_and_kvm, Guest, GUEST_IP, HOST_IP};
+use ft_tests::{benchmark_command, require_root_and_kvm, run, Guest, HOST_IP};
 
 #[test]
 fn redis_cli_reaches_the_guest_through_af_xdp_and_host_ping_still_works() {
@@ -20,21 +20,8 @@ fn redis_cli_reaches_the_guest_through_af_xdp_and_host_ping_still_works() {
         .expect("ping the host's own address");
 
     // Real load through the datapath.
-    let out = guest
-        .client
-        .exec(&[
-            "redis-benchmark",
-            "-h",
-            GUEST_IP,
-            "-n",
-            "5000",
-            "-c",
-            "20",
-            "-t",
-            "set,get",
-            "-q",
-        ])
-        .expect("redis-benchmark");
+    let mut bench = benchmark_command(&guest.client, &["-n", "5000", "-c", "20", "-t", "set,get"]);
+    let out = run(&mut bench).expect("redis-benchmark");
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(report.contains("GET:"), "{report}");
     assert_eq!(guest.redis(&["DBSIZE"]).unwrap(), "3");

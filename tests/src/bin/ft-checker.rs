@@ -11,11 +11,13 @@
 //! every acknowledged value is present exactly once. It prints one line,
 //!
 //! ```text
-//! acked=N lost=N duplicated=N unacked_present=N connection_survived=true|false max_gap_ms=N
+//! acked=N lost=N duplicated=N unacked_present=N refused=N connection_survived=true|false max_gap_ms=N
 //! ```
 //!
-//! and exits 0 only if nothing was lost or duplicated and the connection
-//! survived; 1 if the history is wrong; 2 if it could not check at all.
+//! and exits 0 only if nothing was lost, duplicated or refused (an RPUSH
+//! answered with anything but an integer, which ends the pushing) and the
+//! connection survived; 1 if the history is wrong; 2 if it could not check
+//! at all.
 //!
 //! For a live view, `--progress-ms N` prints `progress acked=N` to stderr
 //! at most every N ms while it pushes, and `--until-stdin-closes` lets the
@@ -102,6 +104,9 @@ struct History {
     acked: Vec<u64>,
     /// Indices sent but never acknowledged (at most the one in flight).
     unacked: Vec<u64>,
+    /// Whether the server refused a value (answered it, but not with the
+    /// integer of a successful RPUSH).
+    refused: bool,
     survived: bool,
     max_gap: Duration,
 }
@@ -173,12 +178,13 @@ fn run(cli: &Cli) -> Result<bool> {
 
     println!(
         "acked={} lost={lost} duplicated={duplicated} unacked_present={unacked_present} \
-         connection_survived={} max_gap_ms={}",
+         refused={} connection_survived={} max_gap_ms={}",
         history.acked.len(),
+        u8::from(history.refused),
         history.survived,
         history.max_gap.as_millis()
     );
-    Ok(lost == 0 && duplicated == 0 && history.survived)
+    Ok(lost == 0 && duplicated == 0 && !history.refused && history.survived)
 }
 
 fn value_name(n: u64) -> String {
@@ -219,6 +225,7 @@ fn push(
     let mut history = History {
         acked: Vec::new(),
         unacked: Vec::new(),
+        refused: false,
         survived: true,
         max_gap: Duration::ZERO,
     };
@@ -239,6 +246,7 @@ fn push(
                 // value was refused: a wrong history all the same.
                 eprintln!("ft-checker: RPUSH {value} answered {reply:?}");
                 history.unacked.push(n);
+                history.refused = true;
                 break;
             }
             Err(e) => {

@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use ft_tests::l2::PacketSocket;
-use ft_tests::{binary, wait_for, Netns, Process};
+use ft_tests::{binary, require_root, wait_for, Netns, Process};
 use std::io::{BufRead, BufReader, Write};
 use std::process::Command;
 use std::sync::mpsc::{self, Receiver};
@@ -22,18 +22,15 @@ pub const PEER_IF: &str = "ftxp";
 /// Ethertype of the tests' tagged frames (local experimental).
 pub const ETHERTYPE_TEST: u16 = 0x88b5;
 
-/// Fails the test unless it runs as root: the datapath is real eBPF.
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "xdp tests need root (namespaces, BPF, AF_XDP)");
+/// Marks the end of a [`Topo::crossed_from_host_stack`] check; no test's
+/// tag is part of it (`has_tag` matches substrings).
+const MARKER: &str = "host-stack-marker";
+
+fn ip_str(ip: [u8; 4]) -> String {
+    std::net::Ipv4Addr::from(ip).to_string()
 }
 
-pub fn ip_str(ip: [u8; 4]) -> String {
-    format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3])
-}
-
-pub fn mac_str(mac: [u8; 6]) -> String {
+fn mac_str(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
 
@@ -53,6 +50,7 @@ pub struct Topo {
 
 impl Topo {
     pub fn new(tag: &str, mtu: Option<u32>) -> Result<Topo> {
+        // The datapath is real eBPF.
         require_root();
         let host = Netns::new(&format!("{tag}h"))?;
         let peer = Netns::new(&format!("{tag}p"))?;
@@ -64,39 +62,11 @@ impl Topo {
         }
         let host_mac = host.mac(HOST_IF)?;
         let peer_mac = peer.mac(PEER_IF)?;
-        host.exec(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}/24", ip_str(HOST_IP)),
-            "dev",
-            HOST_IF,
-        ])?;
-        peer.exec(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}/24", ip_str(PEER_IP)),
-            "dev",
-            PEER_IF,
-        ])?;
-        let neigh = |ns: &Netns, ip: [u8; 4], mac: [u8; 6], dev: &str| {
-            ns.exec(&[
-                "ip",
-                "neigh",
-                "replace",
-                &ip_str(ip),
-                "lladdr",
-                &mac_str(mac),
-                "nud",
-                "permanent",
-                "dev",
-                dev,
-            ])
-        };
-        neigh(&host, PEER_IP, peer_mac, HOST_IF)?;
-        neigh(&peer, HOST_IP, host_mac, PEER_IF)?;
-        neigh(&peer, SERVICE_IP, SERVICE_MAC, PEER_IF)?;
+        host.add_addr(&format!("{}/24", ip_str(HOST_IP)), HOST_IF)?;
+        peer.add_addr(&format!("{}/24", ip_str(PEER_IP)), PEER_IF)?;
+        host.set_neigh(&ip_str(PEER_IP), &mac_str(peer_mac), HOST_IF)?;
+        peer.set_neigh(&ip_str(HOST_IP), &mac_str(host_mac), PEER_IF)?;
+        peer.set_neigh(&ip_str(SERVICE_IP), &mac_str(SERVICE_MAC), PEER_IF)?;
         let host_sock = PacketSocket::open(&host, HOST_IF)?;
         let peer_sock = PacketSocket::open(&peer, PEER_IF)?;
         Ok(Topo {
@@ -115,6 +85,31 @@ impl Topo {
         self.peer
             .exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", &ip_str(HOST_IP)])
             .map(drop)
+    }
+
+    /// Whether the peer saw the frame tagged `tag` that the host stack sent
+    /// from `src`. A frame from the host's own MAC sent right after is the
+    /// marker: once it arrived, the tagged one would have too.
+    pub fn crossed_from_host_stack(&self, src: [u8; 6], tag: &str) -> Result<bool> {
+        // An egress drop answers ENOBUFS; what counts is what reaches the peer.
+        let _ = self.host_sock.send(&tagged(self.peer_mac, src, tag));
+        self.host_sock
+            .send(&tagged(self.peer_mac, self.host_mac, MARKER))?;
+        let seen = self
+            .peer_sock
+            .collect_until(Duration::from_secs(3), |f| has_tag(f, MARKER))
+            .context("the host's own frame (marker) never reached the peer")?;
+        Ok(seen.iter().any(|f| has_tag(f, tag)))
+    }
+
+    /// Sends a frame tagged `tag` from the peer to the service MAC and
+    /// waits until `probe` has received it.
+    pub fn deliver(&self, probe: &Probe, tag: &str) -> Result<RxFrame> {
+        self.peer_sock
+            .send(&tagged(SERVICE_MAC, self.peer_mac, tag))?;
+        probe.wait_rx(&format!("the probe to receive {tag:?}"), |f| {
+            has_tag(&f.head, tag)
+        })
     }
 
     /// The program id of the XDP program on the host interface, if any.
@@ -149,7 +144,7 @@ pub fn prog_exists(id: u32) -> bool {
         .success()
 }
 
-pub fn frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+fn frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(14 + payload.len().max(46));
     f.extend_from_slice(&dst);
     f.extend_from_slice(&src);
@@ -182,17 +177,21 @@ pub fn is_arp_for(frame: &[u8], target: [u8; 4]) -> bool {
     frame.len() >= 42 && frame[12..14] == [0x08, 0x06] && frame[38..42] == target
 }
 
-/// A JSON number field of one probe line.
-pub fn field_u64(line: &str, key: &str) -> Option<u64> {
-    let rest = line.split(&format!("\"{key}\":")).nth(1)?;
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
+/// A field of one probe line (a JSON object).
+fn field(line: &str, key: &str) -> Option<serde_json::Value> {
+    let mut object: serde_json::Value = serde_json::from_str(line).ok()?;
+    Some(object.get_mut(key)?.take())
 }
 
-/// A JSON string field of one probe line (no escapes inside).
-pub fn field_str(line: &str, key: &str) -> Option<String> {
-    let rest = line.split(&format!("\"{key}\":\"")).nth(1)?;
-    Some(rest.split('"').next()?.to_string())
+fn field_u64(line: &str, key: &str) -> Option<u64> {
+    field(line, key)?.as_u64()
+}
+
+fn field_str(line: &str, key: &str) -> Option<String> {
+    match field(line, key)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    }
 }
 
 /// A received frame as the probe reported it: its length and first bytes.
@@ -209,7 +208,8 @@ pub struct Probe {
     events: Receiver<String>,
     rx: Arc<Mutex<Vec<RxFrame>>>,
     stderr: Arc<Mutex<String>>,
-    pub ready: String,
+    /// The `ready` line.
+    ready: String,
 }
 
 impl Probe {
@@ -277,13 +277,14 @@ impl Probe {
         let rx_frames = Arc::clone(&rx);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout_r).lines().map_while(Result::ok) {
-                if field_str(&line, "event").as_deref() == Some("rx") {
-                    let hex = field_str(&line, "hex").unwrap_or_default();
+                let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if event["event"] == "rx" {
+                    let hex = event["hex"].as_str().unwrap_or_default();
                     let head = (0..hex.len())
                         .step_by(2)
                         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
                         .collect();
-                    let len = field_u64(&line, "len").expect("rx len") as usize;
+                    let len = event["len"].as_u64().expect("rx len") as usize;
                     rx_frames.lock().unwrap().push(RxFrame { len, head });
                 } else if tx.send(line).is_err() {
                     return;
@@ -319,6 +320,11 @@ impl Probe {
 
     pub fn fence_prog_id(&self) -> u32 {
         field_u64(&self.ready, "fence_prog_id").expect("fence_prog_id") as u32
+    }
+
+    /// The XDP program's id, then the fence's.
+    pub fn prog_ids(&self) -> [u32; 2] {
+        [self.xdp_prog_id(), self.fence_prog_id()]
     }
 
     pub fn mode(&self) -> String {

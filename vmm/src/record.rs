@@ -8,7 +8,7 @@
 //! 2. if a stop was requested, log `Halt` with the state hash and stop;
 //! 3. gather inputs: pending rx frames, and if there are none and the guest
 //!    asked to wait, block until a frame arrives or its deadline passes;
-//! 4. log and deliver them: rx frames, the clock (when it moved by at least
+//! 4. deliver and log them: rx frames, the clock (when it moved by at least
 //!    [`CLOCK_GRANULARITY_NS`] or the guest's deadline passed), entropy.
 
 use crate::exchange::{self, Delivery, Request};

@@ -1,8 +1,12 @@
-//! Blocking claims against the arbiter, for the vCPU-side threads.
+//! Blocking calls to the arbiter for the node's plain threads: claims
+//! (retried while the answer may still change), lease renewals and queries,
+//! all as this process (node name plus incarnation).
 
 use anyhow::{Context, Result};
 use arbiter::protocol::ProtocolError;
-use arbiter::{ArbiterClient, ArbiterError, ClaimOutcome, ErrorCode};
+use arbiter::{
+    ArbiterClient, ArbiterError, ArbiterState, ClaimOutcome, Claimant, ErrorCode, RenewOutcome,
+};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -10,11 +14,21 @@ use std::time::Duration;
 pub struct Arbitration {
     addr: SocketAddr,
     node: String,
+    incarnation: u64,
+    /// Bounds every call, connecting included.
+    call_timeout: Duration,
+    /// Kept between calls: renewals come at heartbeat rate.
+    client: Option<ArbiterClient>,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Arbitration {
-    pub fn new(addr: SocketAddr, node: &str) -> Result<Self> {
+    pub fn new(
+        addr: SocketAddr,
+        node: &str,
+        incarnation: u64,
+        call_timeout: Duration,
+    ) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -22,49 +36,76 @@ impl Arbitration {
         Ok(Arbitration {
             addr,
             node: node.to_string(),
+            incarnation,
+            call_timeout,
+            client: None,
             runtime,
         })
     }
 
-    fn claim_once(&self, expected: u64) -> Result<ClaimOutcome, ArbiterError> {
-        self.runtime.block_on(async {
-            let mut client = ArbiterClient::connect(self.addr).await?;
-            client.claim(&self.node, expected).await
-        })
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
-    /// The arbiter's current generation.
-    pub fn current_generation(&self) -> Result<u64> {
-        let state = self
-            .runtime
-            .block_on(async { ArbiterClient::connect(self.addr).await?.query().await })
-            .with_context(|| format!("query the arbiter {}", self.addr))?;
-        Ok(state.generation)
+    /// One call on the kept connection (opened first if needed); a failed
+    /// call drops it, so the next one starts afresh.
+    fn call<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&mut ArbiterClient, &Claimant<'_>) -> Result<T, ArbiterError>,
+    ) -> Result<T, ArbiterError> {
+        let who = Claimant {
+            node: &self.node,
+            incarnation: self.incarnation,
+        };
+        let (addr, call_timeout) = (self.addr, self.call_timeout);
+        let mut client = self.client.take();
+        let result = self.runtime.block_on(async {
+            let client = match &mut client {
+                Some(client) => client,
+                None => {
+                    client.insert(ArbiterClient::connect_with_timeout(addr, call_timeout).await?)
+                }
+            };
+            f(client, &who).await
+        });
+        if result.is_ok() {
+            self.client = client;
+        }
+        result
+    }
+
+    /// The arbiter's record, once.
+    pub fn record(&mut self) -> Result<ArbiterState, ArbiterError> {
+        self.call(async |client, _| client.query().await)
+    }
+
+    /// Extends our lease on `generation`, once.
+    pub fn renew(
+        &mut self,
+        generation: u64,
+        lease: Duration,
+    ) -> Result<RenewOutcome, ArbiterError> {
+        self.call(async |client, who| client.renew(who, generation, lease).await)
     }
 
     /// Claims `expected + 1`, retrying while the arbiter cannot be reached
-    /// or is busy: without its answer nothing may be released, so there is
-    /// nothing better to do than to keep asking. Gives up when `stop` is set
-    /// or the arbiter refuses the request itself (no retry can change that).
-    pub fn claim(&self, expected: u64, stop: &AtomicBool) -> Result<ClaimOutcome> {
-        let what = || {
-            format!(
-                "claim generation {} at the arbiter {}",
-                expected + 1,
-                self.addr
-            )
-        };
+    /// or is busy (or holds claims off for a lease): without its answer
+    /// nothing may be released, so there is nothing better to do than to
+    /// keep asking. Gives up when `stop` is set or the arbiter refuses the
+    /// request itself (no retry can change that).
+    pub fn claim(&mut self, expected: u64, stop: &AtomicBool) -> Result<ClaimOutcome> {
+        let what = |addr| format!("claim generation {} at the arbiter {addr}", expected + 1);
         loop {
-            match self.claim_once(expected) {
+            match self.call(async |client, who| client.claim(who, expected).await) {
                 Ok(outcome) => {
                     tracing::info!(node = %self.node, expected, ?outcome, "arbiter answered");
                     return Ok(outcome);
                 }
                 Err(e) if worth_retrying(&e) && !stop.load(Ordering::Relaxed) => {
-                    tracing::warn!("{}: {e}; asking again", what());
-                    std::thread::sleep(Duration::from_millis(200));
+                    tracing::warn!("{}: {e}; asking again", what(self.addr));
+                    std::thread::sleep(Duration::from_millis(100));
                 }
-                Err(e) => return Err(e).with_context(what),
+                Err(e) => return Err(e).with_context(|| what(self.addr)),
             }
         }
     }
@@ -72,7 +113,7 @@ impl Arbitration {
 
 /// Unreachable, slow or busy arbiters may answer later; a refused request
 /// or an answer that is not the protocol will be the same next time.
-fn worth_retrying(error: &ArbiterError) -> bool {
+pub fn worth_retrying(error: &ArbiterError) -> bool {
     match error {
         ArbiterError::Refused { code, .. } => {
             matches!(code, ErrorCode::Busy | ErrorCode::StoreFailed)

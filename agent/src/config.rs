@@ -1,6 +1,7 @@
 //! Command-line configuration shared by `agent` and `backup-agent`: the
 //! guest, its network identity, the NIC, and the replication settings.
 
+use crate::role::{check_timing, Bounds};
 use anyhow::{bail, Context, Result};
 use ftlog::GuestConfig;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -62,17 +63,52 @@ pub struct ReplicationArgs {
     /// Heartbeat interval on the log channel.
     #[arg(long, default_value_t = 50)]
     pub heartbeat_ms: u64,
-    /// A peer silent for this long is lost.
+    /// A peer silent for this long is lost; also the lease a node serving
+    /// alone holds from the arbiter. Both nodes must use the same timing.
     #[arg(long, default_value_t = 500)]
     pub silence_ms: u64,
+    /// Hold the vCPU while more log entries than this wait for the backup.
+    #[arg(long, default_value_t = Bounds::default().unacked_entries)]
+    pub max_unacked_entries: u64,
+    /// Hold the vCPU while more log bytes than this wait for the backup.
+    #[arg(long, default_value_t = Bounds::default().unacked_bytes)]
+    pub max_unacked_bytes: u64,
+    /// Hold the vCPU while more output frames than this wait for release.
+    #[arg(long, default_value_t = Bounds::default().held_outputs)]
+    pub max_held_outputs: u64,
+    /// Append a line per released batch (and, on the backup, per ack) to
+    /// this file: the record a checker reads (see `agent::audit`).
+    #[arg(long)]
+    pub release_record: Option<PathBuf>,
 }
 
 impl ReplicationArgs {
+    /// Refuses timing that would declare a healthy peer dead.
+    pub fn check(&self) -> Result<()> {
+        check_timing(self.heartbeat_ms, self.silence_ms).map_err(anyhow::Error::msg)
+    }
+
     pub fn channel_config(&self) -> logchannel::Config {
         logchannel::Config {
-            heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
-            silence_timeout: Duration::from_millis(self.silence_ms),
+            heartbeat_interval: self.heartbeat(),
+            silence_timeout: self.silence(),
             ..logchannel::Config::default()
+        }
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    pub fn silence(&self) -> Duration {
+        Duration::from_millis(self.silence_ms)
+    }
+
+    pub fn bounds(&self) -> Bounds {
+        Bounds {
+            unacked_entries: self.max_unacked_entries,
+            unacked_bytes: self.max_unacked_bytes,
+            held_outputs: self.max_held_outputs,
         }
     }
 }

@@ -4,16 +4,24 @@
 //! - [`nic`]: NIC backends (TAP, XDP/AF_XDP) behind a small trait.
 //! - [`node`]: the plumbing around a running guest: signals, the receive
 //!   thread, releasing output, printing the summary.
-//! - [`arbitration`]: blocking claims against the arbiter.
-//! - [`replication`]: the primary's side: the log channel, the output rule,
-//!   and what happens when the backup is lost.
+//! - [`role`]: the node's role and the decisions that move it (what may be
+//!   released, when to claim, what a denial means), as pure functions.
+//! - [`serve`]: carrying them out: the output gate, the releaser, the
+//!   fence; "serving alone" for the primary and a backup gone live.
+//! - [`arbitration`]: blocking claims, lease renewals and queries.
+//! - [`replication`]: the primary's side of the log channel, with the
+//!   bounds that hold the vCPU when the backup lags.
+//! - [`audit`]: the release record a checker reads.
 //! - [`status`]: the JSON status file the demo and operators read.
 //! - [`pcap`]: output frames as a pcap file.
 
 pub mod arbitration;
+pub mod audit;
 pub mod config;
 pub mod nic;
 pub mod node;
 pub mod pcap;
 pub mod replication;
+pub mod role;
+pub mod serve;
 pub mod status;

@@ -153,6 +153,8 @@ pub struct NodeLog {
     pub status: Arc<Status>,
     /// Bytes of framed entries logged (what the log channel carries).
     pub bytes: u64,
+    /// Ends a wait for a lagging backup.
+    stop: Arc<AtomicBool>,
 }
 
 impl NodeLog {
@@ -160,12 +162,14 @@ impl NodeLog {
         file: Option<LogWriter>,
         link: Option<Arc<crate::replication::Replication>>,
         status: Arc<Status>,
+        stop: Arc<AtomicBool>,
     ) -> Self {
         NodeLog {
             file,
             link,
             status,
             bytes: 0,
+            stop,
         }
     }
 
@@ -183,10 +187,11 @@ impl LogSink for NodeLog {
         if let Some(file) = &mut self.file {
             file.append(&entry).map_err(std::io::Error::other)?;
         }
+        let bytes = (ftlog::frame::FRAME_HEADER_LEN + entry.body_len()) as u64;
         if let Some(link) = &self.link {
-            link.send_entry(&entry);
+            link.send_entry(&entry, bytes, &self.stop);
         }
-        self.bytes += (ftlog::frame::FRAME_HEADER_LEN + entry.body_len()) as u64;
+        self.bytes += bytes;
         self.status.entries.store(entry.seq + 1, Ordering::Relaxed);
         self.status
             .exits

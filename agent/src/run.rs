@@ -1,27 +1,27 @@
 //! `agent run`: the primary. Alone, it runs the guest and releases output at
-//! once; with `--backup` it is the FT primary: it claims the arbiter, sends
-//! the log to the backup and holds each output until the backup has it.
+//! once; with `--backup` it is the FT primary: it reaches and checks its
+//! backup, claims the arbiter, sends the log to the backup and holds each
+//! output until the backup has it.
 
 use agent::arbitration::Arbitration;
+use agent::audit::Audit;
 use agent::config::{config_hash, GuestArgs, ReplicationArgs};
 use agent::node::{conclude, Node, NodeLog, ReleaseNow};
 use agent::pcap::PcapWriter;
-use agent::replication::{OutputGate, Releaser, ReleaserEnd, Replication};
-use agent::status::{Role, Status};
+use agent::replication::Replication;
+use agent::role::{start_claim, Role, StartClaim};
+use agent::serve::{finish_serving, OutputGate, Releaser, RoleControl};
+use agent::status::Status;
 use anyhow::{bail, Context, Result};
 use arbiter::ClaimOutcome;
 use ftlog::{LogHeader, LogWriter};
-use logchannel::{Hello, LinkError, PrimaryLink};
+use logchannel::{Hello, LinkError, PendingLink, PrimaryLink};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vmm::{GuestClock, GuestImage, Machine, Recorder};
-
-/// Exit code of a primary that the arbiter told to stop serving.
-const EXIT_HALTED: u8 = 4;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -38,16 +38,33 @@ pub struct RunArgs {
     backup: Option<SocketAddr>,
     #[command(flatten)]
     replication: Option<ReplicationArgs>,
+    /// Claim the service even if the arbiter says another node owns it
+    /// (that node is then deposed): for an operator who knows it is gone.
+    #[arg(long, requires = "backup")]
+    takeover: bool,
     /// How long to keep trying to reach the backup at start.
     #[arg(long, default_value_t = 30)]
     connect_timeout_s: u64,
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let replicated = match (args.backup, &args.replication) {
+        (Some(backup), Some(replication)) => Some((backup, replication.clone())),
+        (None, None) => None,
+        (None, Some(_)) => {
+            bail!("--arbiter and --node belong to an FT primary: add --backup, or drop them to run alone")
+        }
+        (Some(_), None) => bail!("--backup needs --arbiter and --node"),
+    };
+    if let Some((_, replication)) = &replicated {
+        if args.guest.tap.is_some() {
+            bail!("--tap cannot serve an FT primary: use --xdp, whose egress fence keeps a deposed primary silent");
+        }
+        replication.check()?;
+    }
     let config = args.guest.guest_config()?;
     let image = GuestImage::from_file(&args.guest.guest)?;
-    let replicated = args.backup.zip(args.replication.clone());
-    // Not serving until the arbiter agrees (FT), at once otherwise.
+    // Not serving until the backup and the arbiter agree (FT), at once otherwise.
     let first_role = if replicated.is_some() {
         xdpnet::Role::Backup
     } else {
@@ -59,6 +76,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .as_ref()
         .map_or("primary", |r| r.node.as_str());
     let status = Status::new(name, args.guest.status.clone());
+    status.set_role(Role::Starting);
     let machine = Machine::new(&image, &config).context("create the VM")?;
     let file = args
         .record
@@ -85,11 +103,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
     let Some((backup, replication_args)) = replicated else {
         out.nic.announce().context("announce the service address")?;
-        status.set_role(Role::PrimaryAlone);
+        status.set_role(Role::Alone);
         node.start_receiving();
         tracing::info!(guest = %args.guest.guest.display(), nic = args.guest.nic_name(), ip = %args.guest.ip, "guest running");
         let recorder = Recorder::new(machine, node.take_inputs(), GuestClock::starting_at(0));
-        let mut log = NodeLog::new(file, None, status.clone());
+        let mut log = NodeLog::new(file, None, status.clone(), node.stop.clone());
         let result = recorder.run(&mut log, &mut out);
         let log_bytes = log.finish()?;
         let drops = node.finish();
@@ -102,88 +120,87 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         ));
     };
 
-    let arbitration = Arbitration::new(replication_args.arbiter, &replication_args.node)?;
-    let current = arbitration.current_generation()?;
-    let generation = match arbitration.claim(current, &node.stop)? {
-        ClaimOutcome::Granted { generation } => generation,
-        ClaimOutcome::Denied { generation, owner } => {
-            bail!(
-                "the arbiter gave generation {generation} to {owner:?}: another primary is active"
-            )
-        }
-    };
-    status.generation.store(generation, Ordering::Relaxed);
+    // The backup first: a primary started by mistake (the pair already
+    // runs, the backup is another image, or has our name) stops here,
+    // before it has touched the arbiter.
+    let incarnation = arbiter::new_incarnation();
     let hello = Hello::new(
         image.hash(),
         config_hash(&config),
         &replication_args.node,
-        generation,
+        incarnation,
     );
-    let link = connect_backup(
+    let pending = connect_backup(
         backup,
         &hello,
         &replication_args,
         Duration::from_secs(args.connect_timeout_s),
     )?;
-    let replication = Replication::new(link);
+    let mut arbitration = Arbitration::new(
+        replication_args.arbiter,
+        &replication_args.node,
+        incarnation,
+        replication_args.silence(),
+    )?;
+    let record = arbitration
+        .record()
+        .with_context(|| format!("ask the arbiter {} who serves", replication_args.arbiter))?;
+    let expected = match start_claim(&record, &replication_args.node, args.takeover) {
+        StartClaim::Claim { expected } => expected,
+        StartClaim::Refuse(reason) => bail!("{reason}"),
+    };
+    let generation = match arbitration.claim(expected, &node.stop)? {
+        ClaimOutcome::Granted { generation } => generation,
+        ClaimOutcome::Denied { generation, owner } => {
+            bail!("the arbiter gave generation {generation} to {owner:?} first: another primary is starting")
+        }
+    };
+    let link = pending
+        .start(generation)
+        .context("the backup did not accept our generation")?;
+    let replication = Replication::new(link, replication_args.bounds());
 
     // The backup is there and the arbiter agrees: take the service address.
-    if let Some(xdp) = &node.xdp {
-        xdp.set_role(xdpnet::Role::Primary)
-            .context("take the service role")?;
-    }
-    out.nic.announce().context("announce the service address")?;
-    status.set_role(Role::Primary);
-    let gate = OutputGate::default();
+    let control = RoleControl {
+        xdp: node.xdp.clone(),
+        status: status.clone(),
+    };
+    control.promote(Role::Primary, generation, &mut out)?;
+    let gate = OutputGate::new(replication_args.bounds().held_outputs, node.stop.clone());
+    let audit = Arc::new(
+        Audit::open(replication_args.release_record.as_deref())
+            .context("open the release record")?,
+    );
     let releaser = Releaser {
         gate: gate.clone(),
-        replication: replication.clone(),
         out,
         arbitration,
         generation,
-        status: status.clone(),
+        silence: replication_args.silence(),
+        renew_every: replication_args.heartbeat(),
+        control,
         vcpu: node.input_sender(),
-        xdp: node.xdp.clone(),
         stop: node.stop.clone(),
+        audit,
     }
-    .spawn();
+    .spawn_protected(replication.clone());
 
     node.start_receiving();
     tracing::info!(generation, %backup, "guest running as the FT primary");
     let recorder = Recorder::new(machine, node.take_inputs(), GuestClock::starting_at(0));
-    let mut log = NodeLog::new(file, Some(replication.clone()), status.clone());
-    let result = recorder.run(&mut log, &mut gate.clone());
-    gate.close();
-    let (end, out) = releaser.join().expect("releaser thread");
-    let log_bytes = log.finish()?;
-    drop(log);
-    if let Ok(replication) = Arc::try_unwrap(replication) {
-        replication.close();
-    }
-    let drops = node.finish();
-    let summary = result?;
-    if let ReleaserEnd::Halted { generation, owner } = end {
-        status.set_role(Role::Halted);
-        eprintln!("agent: halted: the arbiter gave generation {generation} to {owner:?}; nothing more was released");
-        return Ok(ExitCode::from(EXIT_HALTED));
-    }
-    Ok(conclude(
-        &status,
-        &summary,
-        drops,
-        out.send_errors,
-        log_bytes,
-    ))
+    let log = NodeLog::new(file, Some(replication), status.clone(), node.stop.clone());
+    finish_serving(recorder, log, gate, releaser, node, &status)
 }
 
-/// Connects to the backup, retrying while it is not up yet; a backup that
-/// refuses us (different image or configuration) is a final error.
+/// Connects to the backup and exchanges hellos, retrying while it is not
+/// up yet; a backup that refuses us (a session is live, another image,
+/// configuration, timing, or our own name) is a final error.
 fn connect_backup(
     addr: SocketAddr,
     hello: &Hello,
     args: &ReplicationArgs,
     limit: Duration,
-) -> Result<PrimaryLink> {
+) -> Result<PendingLink> {
     let deadline = Instant::now() + limit;
     loop {
         match PrimaryLink::connect(addr, hello.clone(), args.channel_config()) {

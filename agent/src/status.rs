@@ -1,58 +1,11 @@
 //! A node's live state, written as one JSON object to a file every 200 ms
 //! (write to a temporary file, then rename, so readers never see half).
 
+pub use crate::role::Role;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// What a node is doing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Role {
-    Starting = 0,
-    /// Serving, with the backup acknowledging the log.
-    Primary = 1,
-    /// Serving with no backup (it was lost and the arbiter chose us).
-    PrimaryAlone = 2,
-    /// Replaying the primary's log.
-    Backup = 3,
-    /// Lost the primary; finishing the log and asking the arbiter.
-    GoingLive = 4,
-    /// Stopped by the arbiter's verdict or an error: serves nothing.
-    Halted = 5,
-    /// Stopped cleanly.
-    Stopped = 6,
-}
-
-impl Role {
-    fn name(self) -> &'static str {
-        match self {
-            Role::Starting => "starting",
-            Role::Primary => "primary",
-            Role::PrimaryAlone => "primary-alone",
-            Role::Backup => "backup",
-            Role::GoingLive => "going-live",
-            Role::Halted => "halted",
-            Role::Stopped => "stopped",
-        }
-    }
-
-    fn from_u8(value: u8) -> Role {
-        [
-            Role::Starting,
-            Role::Primary,
-            Role::PrimaryAlone,
-            Role::Backup,
-            Role::GoingLive,
-            Role::Halted,
-            Role::Stopped,
-        ]
-        .into_iter()
-        .find(|r| *r as u8 == value)
-        .unwrap_or(Role::Starting)
-    }
-}
 
 /// Counters updated by the node's threads; all relaxed: a status view.
 #[derive(Default)]
@@ -80,6 +33,8 @@ pub struct Status {
     pub lag_ms: AtomicU64,
     /// Divergence alarms (backup).
     pub divergences: AtomicU64,
+    /// Why the node cannot do its job, while it cannot (empty: all well).
+    alarm: Mutex<String>,
 }
 
 impl Status {
@@ -111,11 +66,22 @@ impl Status {
         Role::from_u8(self.role.load(Ordering::Relaxed))
     }
 
+    /// Raises (or, with an empty text, clears) the node's alarm.
+    pub fn set_alarm(&self, text: &str) {
+        *self.alarm.lock().unwrap_or_else(|e| e.into_inner()) = text.to_string();
+        self.write();
+    }
+
+    fn alarm(&self) -> String {
+        self.alarm.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub fn to_json(&self) -> String {
         let get = |v: &AtomicU64| v.load(Ordering::Relaxed);
         format!(
             "{{\"node\":{:?},\"role\":\"{}\",\"generation\":{},\"exits\":{},\"entries\":{},\"acked\":{},\
-             \"held_outputs\":{},\"released_outputs\":{},\"lag_entries\":{},\"lag_ms\":{},\"divergences\":{}}}",
+             \"held_outputs\":{},\"released_outputs\":{},\"lag_entries\":{},\"lag_ms\":{},\"divergences\":{},\
+             \"protected\":{},\"alarm\":{:?}}}",
             self.node,
             self.role().name(),
             get(&self.generation),
@@ -127,6 +93,8 @@ impl Status {
             get(&self.lag_entries),
             get(&self.lag_ms),
             get(&self.divergences),
+            self.role() == Role::Primary,
+            self.alarm(),
         )
     }
 

@@ -3,7 +3,7 @@
 use crate::protocol::{
     read_frame, validate_node, write_frame, ErrorCode, ProtocolError, Request, Response,
 };
-use crate::state::{ArbiterState, ClaimOutcome};
+use crate::state::{ArbiterState, ClaimOutcome, Claimant, RenewOutcome};
 use std::future::Future;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
@@ -17,14 +17,28 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A place that decides which node may serve. Implemented by
 /// [`ArbiterClient`] (TCP); another backend (e.g. etcd) can implement it
 /// with the same semantics: `claim` is a test-and-set from
-/// `expected_generation` to `expected_generation + 1`, and a repeated
-/// winning claim is granted again.
+/// `expected_generation` to `expected_generation + 1` (held off with
+/// `Busy` while another incarnation's lease runs), a repeated winning claim
+/// of the same incarnation is granted again, `renew` extends the owner's
+/// lease or says who owns the record now, and `release` clears the owner.
 pub trait Arbiter {
     fn claim(
         &mut self,
-        node: &str,
+        who: &Claimant<'_>,
         expected_generation: u64,
     ) -> impl Future<Output = Result<ClaimOutcome, ArbiterError>> + Send;
+
+    fn renew(
+        &mut self,
+        who: &Claimant<'_>,
+        generation: u64,
+        lease: Duration,
+    ) -> impl Future<Output = Result<RenewOutcome, ArbiterError>> + Send;
+
+    fn release(
+        &mut self,
+        generation: u64,
+    ) -> impl Future<Output = Result<ArbiterState, ArbiterError>> + Send;
 
     fn query(&mut self) -> impl Future<Output = Result<ArbiterState, ArbiterError>> + Send;
 }
@@ -111,12 +125,13 @@ impl ArbiterClient {
     /// Asks for generation `expected_generation + 1`.
     pub async fn claim(
         &mut self,
-        node: &str,
+        who: &Claimant<'_>,
         expected_generation: u64,
     ) -> Result<ClaimOutcome, ArbiterError> {
-        validate_node(node)?;
+        validate_node(who.node)?;
         let request = Request::Claim {
-            node: node.to_owned(),
+            node: who.node.to_owned(),
+            incarnation: who.incarnation,
             expected_generation,
         };
         match self.call(&request).await? {
@@ -124,6 +139,43 @@ impl ArbiterClient {
             Response::Denied { generation, owner } => {
                 Ok(ClaimOutcome::Denied { generation, owner })
             }
+            other => Err(ArbiterError::UnexpectedResponse(other)),
+        }
+    }
+
+    /// Extends `who`'s lease on `generation` (the arbiter may shorten it).
+    pub async fn renew(
+        &mut self,
+        who: &Claimant<'_>,
+        generation: u64,
+        lease: Duration,
+    ) -> Result<RenewOutcome, ArbiterError> {
+        validate_node(who.node)?;
+        let request = Request::Renew {
+            node: who.node.to_owned(),
+            incarnation: who.incarnation,
+            generation,
+            lease_ms: u32::try_from(lease.as_millis()).unwrap_or(u32::MAX),
+        };
+        match self.call(&request).await? {
+            Response::Leased {
+                generation,
+                lease_ms,
+            } => Ok(RenewOutcome::Leased {
+                generation,
+                lease_ms,
+            }),
+            Response::Denied { generation, owner } => {
+                Ok(RenewOutcome::Denied { generation, owner })
+            }
+            other => Err(ArbiterError::UnexpectedResponse(other)),
+        }
+    }
+
+    /// Clears the owner of `generation`; answers the state after it.
+    pub async fn release(&mut self, generation: u64) -> Result<ArbiterState, ArbiterError> {
+        match self.call(&Request::Release { generation }).await? {
+            Response::State(state) => Ok(state),
             other => Err(ArbiterError::UnexpectedResponse(other)),
         }
     }
@@ -199,10 +251,23 @@ impl ArbiterClient {
 impl Arbiter for ArbiterClient {
     async fn claim(
         &mut self,
-        node: &str,
+        who: &Claimant<'_>,
         expected_generation: u64,
     ) -> Result<ClaimOutcome, ArbiterError> {
-        ArbiterClient::claim(self, node, expected_generation).await
+        ArbiterClient::claim(self, who, expected_generation).await
+    }
+
+    async fn renew(
+        &mut self,
+        who: &Claimant<'_>,
+        generation: u64,
+        lease: Duration,
+    ) -> Result<RenewOutcome, ArbiterError> {
+        ArbiterClient::renew(self, who, generation, lease).await
+    }
+
+    async fn release(&mut self, generation: u64) -> Result<ArbiterState, ArbiterError> {
+        ArbiterClient::release(self, generation).await
     }
 
     async fn query(&mut self) -> Result<ArbiterState, ArbiterError> {

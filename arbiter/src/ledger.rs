@@ -1,9 +1,13 @@
-//! The authoritative state: the test-and-set rule made durable.
+//! The authoritative state: the test-and-set rule made durable, and the
+//! lease of a node serving alone (kept in memory only).
 
-use crate::state::{decide, ArbiterState, ClaimOutcome, Decision};
+use crate::state::{
+    decide, may_renew, release, ArbiterState, ClaimOutcome, Claimant, Decision, RenewOutcome,
+};
 use crate::store::{self, StoreError};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// What a claim did, for the log.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,9 +24,25 @@ pub(crate) enum LedgerError {
     Store(#[from] StoreError),
     #[error("an earlier write of the state file failed; restart the arbiter to reload it")]
     Poisoned,
+    #[error(
+        "generation {generation} is leased to {owner} for another {remaining:?}; ask again then"
+    )]
+    Leased {
+        generation: u64,
+        owner: String,
+        remaining: Duration,
+    },
 }
 
-/// Blocking: every claim that changes the state fsyncs before it returns.
+/// An owner's promise from the arbiter: no one else wins a generation
+/// before `until`.
+#[derive(Debug)]
+struct Lease {
+    incarnation: u64,
+    until: Instant,
+}
+
+/// Blocking: every change of the state fsyncs before it returns.
 #[derive(Debug)]
 pub(crate) struct Ledger {
     path: PathBuf,
@@ -30,13 +50,21 @@ pub(crate) struct Ledger {
     /// After a failed write the file may hold either the old or the new
     /// state, so the in-memory copy can no longer be trusted to grant.
     poisoned: bool,
+    lease: Option<Lease>,
+    max_lease: Duration,
     _lock: File,
 }
 
 impl Ledger {
     /// Locks and loads the state file, first creating it at generation 0
-    /// if it is missing and `create_if_missing` is set.
-    pub fn open(path: &Path, create_if_missing: bool) -> Result<Ledger, StoreError> {
+    /// if it is missing and `create_if_missing` is set. Leases are not
+    /// stored, so a reopened ledger assumes the owner holds one for
+    /// `max_lease`: it may have renewed just before a crash.
+    pub fn open(
+        path: &Path,
+        create_if_missing: bool,
+        max_lease: Duration,
+    ) -> Result<Ledger, StoreError> {
         let lock = store::lock(path)?;
         let state = match store::load(path) {
             Err(StoreError::Missing(_)) if create_if_missing => {
@@ -46,10 +74,16 @@ impl Ledger {
             }
             loaded => loaded?,
         };
+        let lease = state.owner.is_some().then(|| Lease {
+            incarnation: state.incarnation,
+            until: Instant::now() + max_lease,
+        });
         Ok(Ledger {
             path: path.to_owned(),
             state,
             poisoned: false,
+            lease,
+            max_lease,
             _lock: lock,
         })
     }
@@ -58,34 +92,86 @@ impl Ledger {
         &self.state
     }
 
+    fn live_lease(&self) -> Option<&Lease> {
+        self.lease.as_ref().filter(|l| l.until > Instant::now())
+    }
+
+    fn persist(&mut self, next: ArbiterState) -> Result<(), LedgerError> {
+        if self.poisoned {
+            return Err(LedgerError::Poisoned);
+        }
+        if let Err(e) = store::persist(&self.path, &next) {
+            self.poisoned = true;
+            return Err(e.into());
+        }
+        self.state = next;
+        Ok(())
+    }
+
     pub fn claim(
         &mut self,
-        node: &str,
+        who: &Claimant,
         expected_generation: u64,
     ) -> Result<(ClaimOutcome, ClaimEffect), LedgerError> {
         if self.poisoned {
             return Err(LedgerError::Poisoned);
         }
-        match decide(&self.state, node, expected_generation) {
+        let leased_to = self.live_lease().map(|l| l.incarnation);
+        match decide(&self.state, who, expected_generation, leased_to) {
             Decision::Grant(next) => {
-                if let Err(e) = store::persist(&self.path, &next) {
-                    self.poisoned = true;
-                    return Err(e.into());
-                }
                 let generation = next.generation;
-                self.state = next;
+                self.persist(next)?;
+                self.lease = None;
                 Ok((ClaimOutcome::Granted { generation }, ClaimEffect::Granted))
             }
             Decision::Repeat { generation } => {
                 Ok((ClaimOutcome::Granted { generation }, ClaimEffect::Repeated))
             }
-            Decision::Deny => Ok((
-                ClaimOutcome::Denied {
-                    generation: self.state.generation,
-                    owner: self.state.owner.clone(),
-                },
-                ClaimEffect::Denied,
-            )),
+            Decision::Deny => Ok((self.denied(), ClaimEffect::Denied)),
+            Decision::Wait => Err(LedgerError::Leased {
+                generation: self.state.generation,
+                owner: self.state.owner.clone().unwrap_or_else(|| "-".into()),
+                remaining: self
+                    .live_lease()
+                    .map_or(Duration::ZERO, |l| l.until - Instant::now()),
+            }),
+        }
+    }
+
+    /// Extends the owner's lease by `lease` (at most the configured maximum)
+    /// from now, or tells it that it is no longer the owner.
+    pub fn renew(&mut self, who: &Claimant, generation: u64, lease: Duration) -> RenewOutcome {
+        if self.poisoned || !may_renew(&self.state, who, generation) {
+            return RenewOutcome::Denied {
+                generation: self.state.generation,
+                owner: self.state.owner.clone(),
+            };
+        }
+        let lease = lease.min(self.max_lease);
+        self.lease = Some(Lease {
+            incarnation: who.incarnation,
+            until: Instant::now() + lease,
+        });
+        RenewOutcome::Leased {
+            generation,
+            lease_ms: u32::try_from(lease.as_millis()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Clears the owner of `generation` (an operator's command, or a node
+    /// that stops for good). The lease, if any, still runs out first: the
+    /// released owner may be serving until then.
+    pub fn release(&mut self, generation: u64) -> Result<ArbiterState, LedgerError> {
+        if let Some(next) = release(&self.state, generation) {
+            self.persist(next)?;
+        }
+        Ok(self.state.clone())
+    }
+
+    fn denied(&self) -> ClaimOutcome {
+        ClaimOutcome::Denied {
+            generation: self.state.generation,
+            owner: self.state.owner.clone(),
         }
     }
 }
@@ -94,6 +180,16 @@ impl Ledger {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    const LEASE: Duration = Duration::from_millis(200);
+    const A: Claimant = Claimant {
+        node: "a",
+        incarnation: 1,
+    };
+    const B: Claimant = Claimant {
+        node: "b",
+        incarnation: 2,
+    };
 
     /// A fresh directory, removed on drop.
     struct TempDir(PathBuf);
@@ -122,10 +218,10 @@ mod tests {
         let dir = TempDir::new();
         let path = dir.0.join("state");
         assert!(matches!(
-            Ledger::open(&path, false),
+            Ledger::open(&path, false, LEASE),
             Err(StoreError::Missing(_))
         ));
-        let ledger = Ledger::open(&path, true).unwrap();
+        let ledger = Ledger::open(&path, true, LEASE).unwrap();
         assert_eq!(ledger.state(), &ArbiterState::INITIAL);
     }
 
@@ -133,14 +229,14 @@ mod tests {
     fn grants_survive_reopening_and_repeats_do_not_advance() {
         let dir = TempDir::new();
         let path = dir.0.join("state");
-        let mut ledger = Ledger::open(&path, true).unwrap();
-        let (outcome, effect) = ledger.claim("a", 0).unwrap();
+        let mut ledger = Ledger::open(&path, true, LEASE).unwrap();
+        let (outcome, effect) = ledger.claim(&A, 0).unwrap();
         assert_eq!(outcome, ClaimOutcome::Granted { generation: 1 });
         assert_eq!(effect, ClaimEffect::Granted);
-        let (outcome, effect) = ledger.claim("a", 0).unwrap();
+        let (outcome, effect) = ledger.claim(&A, 0).unwrap();
         assert_eq!(outcome, ClaimOutcome::Granted { generation: 1 });
         assert_eq!(effect, ClaimEffect::Repeated);
-        let (outcome, _) = ledger.claim("b", 0).unwrap();
+        let (outcome, _) = ledger.claim(&B, 0).unwrap();
         assert_eq!(
             outcome,
             ClaimOutcome::Denied {
@@ -149,23 +245,88 @@ mod tests {
             }
         );
         drop(ledger);
-        let reopened = Ledger::open(&path, false).unwrap();
+        let reopened = Ledger::open(&path, false, LEASE).unwrap();
         assert_eq!(
             reopened.state(),
             &ArbiterState {
                 generation: 1,
-                owner: Some("a".into())
+                owner: Some("a".into()),
+                incarnation: 1,
             }
         );
+    }
+
+    #[test]
+    fn a_lease_holds_off_claims_until_it_expires_and_renewal_fences() {
+        let dir = TempDir::new();
+        let path = dir.0.join("state");
+        let mut ledger = Ledger::open(&path, true, LEASE).unwrap();
+        ledger.claim(&A, 0).unwrap();
+        let leased = ledger.renew(&A, 1, Duration::from_secs(60));
+        // Capped at the maximum.
+        assert_eq!(
+            leased,
+            RenewOutcome::Leased {
+                generation: 1,
+                lease_ms: 200
+            }
+        );
+        assert!(matches!(
+            ledger.claim(&B, 1),
+            Err(LedgerError::Leased { generation: 1, .. })
+        ));
+        std::thread::sleep(LEASE + Duration::from_millis(50));
+        let (outcome, _) = ledger.claim(&B, 1).unwrap();
+        assert_eq!(outcome, ClaimOutcome::Granted { generation: 2 });
+        // The old owner learns it was deposed when it renews.
+        assert_eq!(
+            ledger.renew(&A, 1, LEASE),
+            RenewOutcome::Denied {
+                generation: 2,
+                owner: Some("b".into())
+            }
+        );
+    }
+
+    #[test]
+    fn a_reopened_ledger_assumes_the_owner_holds_a_lease() {
+        let dir = TempDir::new();
+        let path = dir.0.join("state");
+        let mut ledger = Ledger::open(&path, true, LEASE).unwrap();
+        ledger.claim(&A, 0).unwrap();
+        drop(ledger);
+        let mut ledger = Ledger::open(&path, false, LEASE).unwrap();
+        assert!(matches!(
+            ledger.claim(&B, 1),
+            Err(LedgerError::Leased { .. })
+        ));
+        std::thread::sleep(LEASE + Duration::from_millis(50));
+        assert!(ledger.claim(&B, 1).is_ok());
+    }
+
+    #[test]
+    fn release_clears_the_owner_durably() {
+        let dir = TempDir::new();
+        let path = dir.0.join("state");
+        let mut ledger = Ledger::open(&path, true, Duration::ZERO).unwrap();
+        ledger.claim(&A, 0).unwrap();
+        assert_eq!(ledger.release(0).unwrap().owner.as_deref(), Some("a"));
+        let released = ledger.release(1).unwrap();
+        assert_eq!(released.owner, None);
+        drop(ledger);
+        let mut ledger = Ledger::open(&path, false, Duration::ZERO).unwrap();
+        assert_eq!(ledger.state(), &released);
+        let (outcome, _) = ledger.claim(&B, 1).unwrap();
+        assert_eq!(outcome, ClaimOutcome::Granted { generation: 2 });
     }
 
     #[test]
     fn a_second_arbiter_on_the_same_file_is_refused() {
         let dir = TempDir::new();
         let path = dir.0.join("state");
-        let _first = Ledger::open(&path, true).unwrap();
+        let _first = Ledger::open(&path, true, LEASE).unwrap();
         assert!(matches!(
-            Ledger::open(&path, true),
+            Ledger::open(&path, true, LEASE),
             Err(StoreError::Locked(_))
         ));
     }
@@ -174,10 +335,10 @@ mod tests {
     fn a_failed_write_poisons_the_ledger() {
         let dir = TempDir::new();
         let path = dir.0.join("state");
-        let mut ledger = Ledger::open(&path, true).unwrap();
+        let mut ledger = Ledger::open(&path, true, LEASE).unwrap();
         std::fs::remove_dir_all(&dir.0).unwrap();
-        assert!(matches!(ledger.claim("a", 0), Err(LedgerError::Store(_))));
+        assert!(matches!(ledger.claim(&A, 0), Err(LedgerError::Store(_))));
         assert_eq!(ledger.state(), &ArbiterState::INITIAL);
-        assert!(matches!(ledger.claim("a", 0), Err(LedgerError::Poisoned)));
+        assert!(matches!(ledger.claim(&A, 0), Err(LedgerError::Poisoned)));
     }
 }

@@ -71,5 +71,5 @@ mod store;
 pub use client::{Arbiter, ArbiterClient, ArbiterError, DEFAULT_TIMEOUT};
 pub use protocol::ErrorCode;
 pub use server::{serve, ServeError, Server, ServerConfig};
-pub use state::{ArbiterState, ClaimOutcome};
+pub use state::{new_incarnation, ArbiterState, ClaimOutcome, Claimant, RenewOutcome};
 pub use store::StoreError;

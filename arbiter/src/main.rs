@@ -1,8 +1,8 @@
 //! `arbiter --listen ADDR --state FILE`: the server.
-//! `arbiter query|claim --connect ADDR ...`: a client for operators and scripts.
+//! `arbiter query|claim|release --connect ADDR ...`: a client for operators and scripts.
 
 use anyhow::{Context, Result};
-use arbiter::{ArbiterClient, ClaimOutcome, Server, ServerConfig, DEFAULT_TIMEOUT};
+use arbiter::{ArbiterClient, ClaimOutcome, Claimant, Server, ServerConfig, DEFAULT_TIMEOUT};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +44,10 @@ struct Cli {
     /// Connections beyond this are refused.
     #[arg(long, default_value_t = ServerConfig::new("").max_connections)]
     max_connections: usize,
+    /// The longest lease granted to a node serving alone; after a restart,
+    /// claims against the recorded owner wait this long.
+    #[arg(long, default_value_t = millis(ServerConfig::new("").max_lease))]
+    max_lease_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -59,6 +63,15 @@ enum Command {
         /// The generation the claimant last saw.
         #[arg(long)]
         expected: u64,
+    },
+    /// Clear the owner of GENERATION, so that the next claim at it wins
+    /// (after the owner's lease, if any, runs out). For an operator who
+    /// knows that the recorded owner no longer serves.
+    Release {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        generation: u64,
     },
 }
 
@@ -87,6 +100,7 @@ async fn main() -> ExitCode {
             node,
             expected,
         }) => claim(client, &node, expected).await,
+        Some(Command::Release { client, generation }) => release(client, generation).await,
         None => run_server(cli).await.map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
@@ -114,6 +128,7 @@ async fn run_server(cli: Cli) -> Result<()> {
         idle_timeout: Duration::from_millis(cli.idle_timeout_ms),
         io_timeout: Duration::from_millis(cli.io_timeout_ms),
         max_connections: cli.max_connections,
+        max_lease: Duration::from_millis(cli.max_lease_ms),
         ..ServerConfig::new(&state_path)
     };
     // The state is checked before listening: a corrupt file never serves.
@@ -158,7 +173,12 @@ async fn query(args: ClientArgs) -> Result<ExitCode> {
 }
 
 async fn claim(args: ClientArgs, node: &str, expected: u64) -> Result<ExitCode> {
-    match connect(&args).await?.claim(node, expected).await? {
+    // A claim from the command line is a process of its own.
+    let who = Claimant {
+        node,
+        incarnation: arbiter::new_incarnation(),
+    };
+    match connect(&args).await?.claim(&who, expected).await? {
         ClaimOutcome::Granted { generation } => {
             println!("granted generation={generation} owner={node}");
             Ok(ExitCode::SUCCESS)
@@ -170,5 +190,19 @@ async fn claim(args: ClientArgs, node: &str, expected: u64) -> Result<ExitCode> 
             );
             Ok(ExitCode::from(EXIT_DENIED))
         }
+    }
+}
+
+async fn release(args: ClientArgs, generation: u64) -> Result<ExitCode> {
+    let state = connect(&args).await?.release(generation).await?;
+    println!(
+        "generation={} owner={}",
+        state.generation,
+        state.owner.as_deref().unwrap_or("-")
+    );
+    if state.generation == generation && state.owner.is_none() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(EXIT_DENIED))
     }
 }

@@ -6,7 +6,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
 pub const MAGIC: [u8; 4] = *b"ARBT";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 8;
 /// Largest body accepted; every valid message is far smaller.
 pub const MAX_BODY: usize = 512;
@@ -16,9 +16,12 @@ const MAX_MESSAGE_LEN: usize = 256;
 
 const KIND_QUERY: u8 = 0x01;
 const KIND_CLAIM: u8 = 0x02;
+const KIND_RENEW: u8 = 0x03;
+const KIND_RELEASE: u8 = 0x04;
 const KIND_STATE: u8 = 0x81;
 const KIND_GRANTED: u8 = 0x82;
 const KIND_DENIED: u8 = 0x83;
+const KIND_LEASED: u8 = 0x84;
 const KIND_ERROR: u8 = 0xff;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +29,17 @@ pub enum Request {
     Query,
     Claim {
         node: String,
+        incarnation: u64,
         expected_generation: u64,
+    },
+    Renew {
+        node: String,
+        incarnation: u64,
+        generation: u64,
+        lease_ms: u32,
+    },
+    Release {
+        generation: u64,
     },
 }
 
@@ -39,6 +52,10 @@ pub enum Response {
     Denied {
         generation: u64,
         owner: Option<String>,
+    },
+    Leased {
+        generation: u64,
+        lease_ms: u32,
     },
     Error {
         code: ErrorCode,
@@ -199,6 +216,15 @@ fn split_u64(body: &[u8]) -> Result<(u64, &[u8]), ProtocolError> {
     Ok((u64::from_be_bytes(*head), tail))
 }
 
+fn split_u32(body: &[u8]) -> Result<(u32, &[u8]), ProtocolError> {
+    let (head, tail) = body
+        .split_first_chunk::<4>()
+        .ok_or(ProtocolError::Malformed(
+            "body shorter than its 4-byte field",
+        ))?;
+    Ok((u32::from_be_bytes(*head), tail))
+}
+
 fn decode_node(bytes: &[u8]) -> Result<String, ProtocolError> {
     let node = std::str::from_utf8(bytes)
         .map_err(|_| ProtocolError::InvalidNode(String::from_utf8_lossy(bytes).into_owned()))?;
@@ -206,7 +232,7 @@ fn decode_node(bytes: &[u8]) -> Result<String, ProtocolError> {
     Ok(node.to_owned())
 }
 
-/// An empty owner field means "no owner" (generation 0).
+/// An empty owner field means "no owner" (generation 0, or released).
 fn encode_owner(owner: &Option<String>) -> &[u8] {
     owner.as_deref().unwrap_or_default().as_bytes()
 }
@@ -233,11 +259,29 @@ impl Request {
             Request::Query => encode_frame(KIND_QUERY, &[]),
             Request::Claim {
                 node,
+                incarnation,
                 expected_generation,
-            } => encode_frame(
-                KIND_CLAIM,
-                &body_with_u64(*expected_generation, node.as_bytes()),
-            ),
+            } => {
+                let mut body = expected_generation.to_be_bytes().to_vec();
+                body.extend_from_slice(&incarnation.to_be_bytes());
+                body.extend_from_slice(node.as_bytes());
+                encode_frame(KIND_CLAIM, &body)
+            }
+            Request::Renew {
+                node,
+                incarnation,
+                generation,
+                lease_ms,
+            } => {
+                let mut body = generation.to_be_bytes().to_vec();
+                body.extend_from_slice(&incarnation.to_be_bytes());
+                body.extend_from_slice(&lease_ms.to_be_bytes());
+                body.extend_from_slice(node.as_bytes());
+                encode_frame(KIND_RENEW, &body)
+            }
+            Request::Release { generation } => {
+                encode_frame(KIND_RELEASE, &generation.to_be_bytes())
+            }
         }
     }
 
@@ -245,11 +289,28 @@ impl Request {
         match frame.kind {
             KIND_QUERY => no_body(&frame.body).map(|()| Request::Query),
             KIND_CLAIM => {
-                let (expected_generation, node) = split_u64(&frame.body)?;
+                let (expected_generation, rest) = split_u64(&frame.body)?;
+                let (incarnation, node) = split_u64(rest)?;
                 Ok(Request::Claim {
                     node: decode_node(node)?,
+                    incarnation,
                     expected_generation,
                 })
+            }
+            KIND_RENEW => {
+                let (generation, rest) = split_u64(&frame.body)?;
+                let (incarnation, rest) = split_u64(rest)?;
+                let (lease_ms, node) = split_u32(rest)?;
+                Ok(Request::Renew {
+                    node: decode_node(node)?,
+                    incarnation,
+                    generation,
+                    lease_ms,
+                })
+            }
+            KIND_RELEASE => {
+                let (generation, rest) = split_u64(&frame.body)?;
+                no_body(rest).map(|()| Request::Release { generation })
             }
             other => Err(ProtocolError::UnknownKind(other)),
         }
@@ -259,16 +320,25 @@ impl Request {
 impl Response {
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Response::State(state) => encode_frame(
-                KIND_STATE,
-                &body_with_u64(state.generation, encode_owner(&state.owner)),
-            ),
+            Response::State(state) => {
+                let mut body = state.generation.to_be_bytes().to_vec();
+                body.extend_from_slice(&state.incarnation.to_be_bytes());
+                body.extend_from_slice(encode_owner(&state.owner));
+                encode_frame(KIND_STATE, &body)
+            }
             Response::Granted { generation } => {
                 encode_frame(KIND_GRANTED, &generation.to_be_bytes())
             }
             Response::Denied { generation, owner } => encode_frame(
                 KIND_DENIED,
                 &body_with_u64(*generation, encode_owner(owner)),
+            ),
+            Response::Leased {
+                generation,
+                lease_ms,
+            } => encode_frame(
+                KIND_LEASED,
+                &body_with_u64(*generation, &lease_ms.to_be_bytes()),
             ),
             Response::Error { code, message } => {
                 let mut body = vec![code.to_u8()];
@@ -281,11 +351,21 @@ impl Response {
     pub fn decode(frame: &Frame) -> Result<Response, ProtocolError> {
         match frame.kind {
             KIND_STATE => {
-                let (generation, owner) = split_u64(&frame.body)?;
+                let (generation, rest) = split_u64(&frame.body)?;
+                let (incarnation, owner) = split_u64(rest)?;
                 Ok(Response::State(ArbiterState {
                     generation,
                     owner: decode_owner(owner)?,
+                    incarnation,
                 }))
+            }
+            KIND_LEASED => {
+                let (generation, rest) = split_u64(&frame.body)?;
+                let (lease_ms, rest) = split_u32(rest)?;
+                no_body(rest).map(|()| Response::Leased {
+                    generation,
+                    lease_ms,
+                })
             }
             KIND_GRANTED => {
                 let (generation, rest) = split_u64(&frame.body)?;
@@ -430,8 +510,16 @@ mod tests {
             Request::Query,
             Request::Claim {
                 node: "host-a".into(),
+                incarnation: 7,
                 expected_generation: 41,
             },
+            Request::Renew {
+                node: "host-a".into(),
+                incarnation: u64::MAX,
+                generation: 42,
+                lease_ms: 500,
+            },
+            Request::Release { generation: 3 },
         ] {
             let bytes = request.encode();
             assert_eq!(Request::decode(&frame_of(&bytes)).unwrap(), request);
@@ -445,7 +533,12 @@ mod tests {
             Response::State(ArbiterState {
                 generation: 3,
                 owner: Some("b".into()),
+                incarnation: 12,
             }),
+            Response::Leased {
+                generation: 3,
+                lease_ms: 1000,
+            },
             Response::Granted { generation: 9 },
             Response::Denied {
                 generation: u64::MAX,
@@ -469,6 +562,7 @@ mod tests {
     fn claim_wire_layout_is_as_documented() {
         let bytes = Request::Claim {
             node: "ab".into(),
+            incarnation: 3,
             expected_generation: 0x0102,
         }
         .encode();
@@ -476,8 +570,9 @@ mod tests {
             bytes,
             [
                 b"ARBT".as_slice(),
-                &[1, 2, 0, 10],
+                &[2, 2, 0, 18],
                 &[0, 0, 0, 0, 0, 0, 1, 2],
+                &[0, 0, 0, 0, 0, 0, 0, 3],
                 b"ab"
             ]
             .concat()
@@ -519,12 +614,16 @@ mod tests {
 
     #[test]
     fn bodies_are_checked() {
-        let cases: [(u8, &[u8]); 6] = [
+        let cases: [(u8, &[u8]); 10] = [
             (KIND_QUERY, b"x"),
             (KIND_CLAIM, &[0; 7]),
-            (KIND_CLAIM, &[0; 8]),
-            (KIND_CLAIM, b"\0\0\0\0\0\0\0\0bad name"),
-            (KIND_STATE, b"\0\0\0\0\0\0\0\0\xff"),
+            (KIND_CLAIM, &[0; 15]),
+            (KIND_CLAIM, &[0; 16]),
+            (KIND_CLAIM, b"\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0bad name"),
+            (KIND_RENEW, &[0; 19]),
+            (KIND_RELEASE, &[0; 9]),
+            (KIND_STATE, b"\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\xff"),
+            (KIND_LEASED, &[0; 11]),
             (KIND_GRANTED, b"\0\0\0\0\0\0\0\0x"),
         ];
         for (kind, body) in cases {
@@ -585,11 +684,11 @@ mod tests {
             Err(ProtocolError::BadMagic(_))
         ));
         assert!(matches!(
-            read_bytes(b"ARBT\x02\x01\0\0").await,
-            Err(ProtocolError::BadVersion(2))
+            read_bytes(b"ARBT\x01\x01\0\0").await,
+            Err(ProtocolError::BadVersion(1))
         ));
         assert!(matches!(
-            read_bytes(b"ARBT\x01\x01\xff\xff").await,
+            read_bytes(b"ARBT\x02\x01\xff\xff").await,
             Err(ProtocolError::Oversize(0xffff))
         ));
     }
@@ -598,6 +697,7 @@ mod tests {
     async fn reader_reports_truncation_at_every_length() {
         let whole = Request::Claim {
             node: "host-a".into(),
+            incarnation: 1,
             expected_generation: 1,
         }
         .encode();

@@ -3,7 +3,7 @@
 
 use crate::ledger::{ClaimEffect, Ledger, LedgerError};
 use crate::protocol::{read_frame, write_frame, ErrorCode, Request, Response};
-use crate::state::{ArbiterState, ClaimOutcome};
+use crate::state::{ArbiterState, ClaimOutcome, Claimant, RenewOutcome};
 use crate::store::StoreError;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub max_connection_time: Duration,
     /// Connections beyond this are answered `Busy` and closed.
     pub max_connections: usize,
+    /// The longest lease granted; also how long a restarted arbiter holds
+    /// off claims against the recorded owner, whose lease it forgot.
+    pub max_lease: Duration,
 }
 
 impl ServerConfig {
@@ -50,6 +53,7 @@ impl ServerConfig {
             io_timeout: Duration::from_secs(5),
             max_connection_time: Duration::from_secs(600),
             max_connections: 128,
+            max_lease: Duration::from_secs(2),
         }
     }
 }
@@ -86,7 +90,11 @@ impl Server {
     /// Locks and loads the state file (blocking, once at startup), so that a
     /// corrupt file fails before anything listens.
     pub fn open(config: ServerConfig) -> Result<Server, StoreError> {
-        let ledger = Ledger::open(&config.state_path, config.create_if_missing)?;
+        let ledger = Ledger::open(
+            &config.state_path,
+            config.create_if_missing,
+            config.max_lease,
+        )?;
         Ok(Server {
             shared: Arc::new(Shared {
                 ledger: Mutex::new(ledger),
@@ -271,24 +279,88 @@ impl Shared {
             self.fatal.notify_one();
             return store_failed(&LedgerError::Poisoned);
         };
-        let (node, expected_generation) = match request {
+        match request {
             Request::Query => {
                 debug!(%peer, "query");
-                return Response::State(ledger.state().clone());
+                Response::State(ledger.state().clone())
             }
             Request::Claim {
                 node,
+                incarnation,
                 expected_generation,
-            } => (node, expected_generation),
-        };
-        match ledger.claim(&node, expected_generation) {
+            } => {
+                let who = Claimant {
+                    node: &node,
+                    incarnation,
+                };
+                self.claim(&mut ledger, &who, expected_generation, peer)
+            }
+            Request::Renew {
+                node,
+                incarnation,
+                generation,
+                lease_ms,
+            } => {
+                let who = Claimant {
+                    node: &node,
+                    incarnation,
+                };
+                let lease = Duration::from_millis(lease_ms.into());
+                match ledger.renew(&who, generation, lease) {
+                    RenewOutcome::Leased {
+                        generation,
+                        lease_ms,
+                    } => {
+                        debug!(%peer, node = %node, generation, lease_ms, "lease renewed");
+                        Response::Leased {
+                            generation,
+                            lease_ms,
+                        }
+                    }
+                    RenewOutcome::Denied {
+                        generation: current,
+                        owner,
+                    } => {
+                        warn!(
+                            %peer, node = %node, generation, current,
+                            owner = owner.as_deref().unwrap_or("-"),
+                            "lease refused: not the owner of that generation"
+                        );
+                        Response::Denied {
+                            generation: current,
+                            owner,
+                        }
+                    }
+                }
+            }
+            Request::Release { generation } => match ledger.release(generation) {
+                Ok(state) => {
+                    info!(%peer, generation, current = state.generation,
+                        owner = state.owner.as_deref().unwrap_or("-"), "release asked");
+                    Response::State(state)
+                }
+                Err(e) => self.failed(&e, peer),
+            },
+        }
+    }
+
+    fn claim(
+        &self,
+        ledger: &mut Ledger,
+        who: &Claimant,
+        expected_generation: u64,
+        peer: SocketAddr,
+    ) -> Response {
+        let node = who.node;
+        match ledger.claim(who, expected_generation) {
             Ok((ClaimOutcome::Granted { generation }, effect)) => {
                 let how = if effect == ClaimEffect::Repeated {
                     "claim granted again (repeat of the winning claim)"
                 } else {
                     "claim granted"
                 };
-                info!(%peer, node = %node, expected = expected_generation, generation, "{how}");
+                info!(%peer, node = %node, incarnation = format!("{:016x}", who.incarnation),
+                    expected = expected_generation, generation, "{how}");
                 Response::Granted { generation }
             }
             Ok((ClaimOutcome::Denied { generation, owner }, _)) => {
@@ -299,12 +371,22 @@ impl Shared {
                 );
                 Response::Denied { generation, owner }
             }
-            Err(e) => {
-                error!(%peer, node = %node, expected = expected_generation, "claim failed: {e}");
-                self.fatal.notify_one();
-                store_failed(&e)
+            Err(e @ LedgerError::Leased { .. }) => {
+                info!(%peer, node = %node, expected = expected_generation, "claim held off: {e}");
+                Response::Error {
+                    code: ErrorCode::Busy,
+                    message: e.to_string(),
+                }
             }
+            Err(e) => self.failed(&e, peer),
         }
+    }
+
+    /// The state file could not be written: answer, then stop serving.
+    fn failed(&self, e: &LedgerError, peer: SocketAddr) -> Response {
+        error!(%peer, "state change failed: {e}");
+        self.fatal.notify_one();
+        store_failed(e)
     }
 }
 

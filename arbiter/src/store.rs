@@ -6,7 +6,7 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const FORMAT_NAME: &str = "ft-arbiter-state";
 /// A valid file is about 100 bytes; anything much larger is not ours.
 const MAX_FILE_LEN: u64 = 4096;
@@ -60,15 +60,19 @@ fn corrupt(reason: impl Into<String>) -> FormatError {
 /// Four lines; the last is a CRC-32 of the bytes of the first three:
 ///
 /// ```text
-/// ft-arbiter-state 1
+/// ft-arbiter-state 2
 /// generation 7
-/// owner host-b
+/// owner host-b 5f0e3c2a91d84b76
 /// crc32 0a1b2c3d
 /// ```
 ///
-/// `owner -` stands for no owner (generation 0 only).
+/// The owner line names the node and its incarnation (16 hex digits);
+/// `owner -` stands for no owner (generation 0, or a released generation).
 pub fn encode(state: &ArbiterState) -> String {
-    let owner = state.owner.as_deref().unwrap_or("-");
+    let owner = match &state.owner {
+        Some(node) => format!("{node} {:016x}", state.incarnation),
+        None => "-".to_string(),
+    };
     let payload = format!(
         "{FORMAT_NAME} {FORMAT_VERSION}\ngeneration {}\nowner {owner}\n",
         state.generation
@@ -122,17 +126,28 @@ fn decode(bytes: &[u8]) -> Result<ArbiterState, FormatError> {
         Ok(n) if n.to_string() == generation => n,
         _ => return Err(corrupt(format!("bad generation {generation:?}"))),
     };
-    let owner = match field(owner, "owner")? {
-        "-" => None,
-        name => {
+    let (owner, incarnation) = match field(owner, "owner")? {
+        "-" => (None, 0),
+        owned => {
+            let (name, incarnation) = owned
+                .split_once(' ')
+                .ok_or_else(|| corrupt(format!("owner {owned:?} has no incarnation")))?;
             validate_node(name).map_err(|e| corrupt(e.to_string()))?;
-            Some(name.to_owned())
+            let incarnation = match u64::from_str_radix(incarnation, 16) {
+                Ok(n) if format!("{n:016x}") == incarnation => n,
+                _ => return Err(corrupt(format!("bad incarnation {incarnation:?}"))),
+            };
+            (Some(name.to_owned()), incarnation)
         }
     };
-    if (generation == 0) != owner.is_none() {
-        return Err(corrupt("generation 0 must have no owner, later ones one"));
+    if generation == 0 && owner.is_some() {
+        return Err(corrupt("generation 0 cannot have an owner"));
     }
-    Ok(ArbiterState { generation, owner })
+    Ok(ArbiterState {
+        generation,
+        owner,
+        incarnation,
+    })
 }
 
 /// Reads and checks the state file.
@@ -228,6 +243,15 @@ mod tests {
         ArbiterState {
             generation,
             owner: Some(owner.into()),
+            incarnation: 0x5f0e_3c2a_91d8_4b76,
+        }
+    }
+
+    fn released(generation: u64) -> ArbiterState {
+        ArbiterState {
+            generation,
+            owner: None,
+            incarnation: 0,
         }
     }
 
@@ -237,6 +261,7 @@ mod tests {
             ArbiterState::INITIAL,
             owned(1, "host-a"),
             owned(u64::MAX, "b"),
+            released(9),
         ] {
             assert_eq!(decode(encode(&state).as_bytes()), Ok(state));
         }
@@ -246,12 +271,15 @@ mod tests {
     fn format_is_as_documented() {
         let text = encode(&owned(7, "host-b"));
         assert!(
-            text.starts_with("ft-arbiter-state 1\ngeneration 7\nowner host-b\ncrc32 "),
+            text.starts_with(
+                "ft-arbiter-state 2\ngeneration 7\nowner host-b 5f0e3c2a91d84b76\ncrc32 "
+            ),
             "{text}"
         );
         assert_eq!(
             text.len(),
-            "ft-arbiter-state 1\ngeneration 7\nowner host-b\ncrc32 01234567\n".len()
+            "ft-arbiter-state 2\ngeneration 7\nowner host-b 5f0e3c2a91d84b76\ncrc32 01234567\n"
+                .len()
         );
     }
 
@@ -283,17 +311,19 @@ mod tests {
 
     #[test]
     fn newer_version_is_reported_as_such() {
-        let text = encode(&owned(3, "a")).replacen("state 1", "state 2", 1);
-        assert_eq!(decode(text.as_bytes()), Err(FormatError::Version(2)));
+        let text = encode(&owned(3, "a")).replacen("state 2", "state 3", 1);
+        assert_eq!(decode(text.as_bytes()), Err(FormatError::Version(3)));
     }
 
     #[test]
     fn inconsistent_owner_is_corrupt_even_with_a_good_checksum() {
         for payload in [
-            "ft-arbiter-state 1\ngeneration 0\nowner a\n",
-            "ft-arbiter-state 1\ngeneration 4\nowner -\n",
-            "ft-arbiter-state 1\ngeneration 4\nowner a b\n",
-            "ft-arbiter-state 1\ngeneration +4\nowner a\n",
+            "ft-arbiter-state 2\ngeneration 0\nowner a 0000000000000001\n",
+            "ft-arbiter-state 2\ngeneration 4\nowner a\n",
+            "ft-arbiter-state 2\ngeneration 4\nowner a b\n",
+            "ft-arbiter-state 2\ngeneration 4\nowner a 1\n",
+            "ft-arbiter-state 2\ngeneration 4\nowner a 000000000000000G\n",
+            "ft-arbiter-state 2\ngeneration +4\nowner a 0000000000000001\n",
         ] {
             let text = format!(
                 "{payload}crc32 {:08x}\n",

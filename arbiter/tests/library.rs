@@ -7,7 +7,7 @@ use arbiter::{
     serve, Arbiter, ArbiterClient, ArbiterError, ArbiterState, ClaimOutcome, ErrorCode, ServeError,
     Server, ServerConfig, StoreError,
 };
-use common::{TempDir, WAIT};
+use common::{as_node, TempDir, WAIT};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -54,7 +54,7 @@ async fn take_over<A: Arbiter + Send + 'static>(
     node: &'static str,
 ) -> Result<ClaimOutcome, ArbiterError> {
     let seen = arbiter.query().await?.generation;
-    tokio::spawn(async move { arbiter.claim(node, seen).await })
+    tokio::spawn(async move { arbiter.claim(&as_node(node), seen).await })
         .await
         .expect("claim task")
 }
@@ -110,7 +110,7 @@ async fn client_survives_an_arbiter_restart() {
         .await
         .unwrap();
     assert_eq!(
-        c.claim("a", 0).await.unwrap(),
+        c.claim(&as_node("a"), 0).await.unwrap(),
         ClaimOutcome::Granted { generation: 1 }
     );
     server.stop().await;
@@ -119,14 +119,15 @@ async fn client_survives_an_arbiter_restart() {
     let server = Running::start(listener, ServerConfig::new(&state)).await;
     // As if the first answer had been lost: the retry is granted again.
     assert_eq!(
-        c.claim("a", 0).await.unwrap(),
+        c.claim(&as_node("a"), 0).await.unwrap(),
         ClaimOutcome::Granted { generation: 1 }
     );
     assert_eq!(
         c.query().await.unwrap(),
         ArbiterState {
             generation: 1,
-            owner: Some("a".into())
+            owner: Some("a".into()),
+            incarnation: as_node("a").incarnation,
         }
     );
     server.stop().await;
@@ -150,7 +151,7 @@ async fn connections_beyond_the_limit_are_refused_without_harm() {
     let mut second = ArbiterClient::connect_with_timeout(addr, WAIT)
         .await
         .unwrap();
-    match second.claim("b", 0).await {
+    match second.claim(&as_node("b"), 0).await {
         Err(ArbiterError::Refused {
             code: ErrorCode::Busy,
             ..
@@ -160,7 +161,7 @@ async fn connections_beyond_the_limit_are_refused_without_harm() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert_eq!(
-        first.claim("a", 0).await.unwrap(),
+        first.claim(&as_node("a"), 0).await.unwrap(),
         ClaimOutcome::Granted { generation: 1 }
     );
     server.stop().await;

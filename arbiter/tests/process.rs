@@ -4,7 +4,7 @@ mod common;
 
 use arbiter::protocol::{read_frame, Request, Response, HEADER_LEN};
 use arbiter::{ArbiterClient, ArbiterState, ClaimOutcome, ErrorCode};
-use common::{run, text, ArbiterProcess, TempDir, WAIT};
+use common::{as_node, run, text, ArbiterProcess, TempDir, WAIT};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -15,6 +15,7 @@ fn owned(generation: u64, owner: &str) -> ArbiterState {
     ArbiterState {
         generation,
         owner: Some(owner.into()),
+        incarnation: as_node(owner).incarnation,
     }
 }
 
@@ -50,7 +51,7 @@ async fn concurrent_claims_at_one_generation_have_exactly_one_winner() {
             tasks.push(tokio::spawn(async move {
                 let node = format!("node-{i}");
                 barrier.wait().await;
-                let outcome = c.claim(&node, round).await.expect("claim");
+                let outcome = c.claim(&as_node(&node), round).await.expect("claim");
                 (c, node, outcome)
             }));
         }
@@ -87,29 +88,29 @@ async fn generation_only_grows_and_repeats_are_idempotent() {
     assert_eq!(c.query().await.unwrap(), ArbiterState::INITIAL);
     // A claim from the future is denied like a stale one.
     assert_eq!(
-        c.claim("a", 1).await.unwrap(),
+        c.claim(&as_node("a"), 1).await.unwrap(),
         ClaimOutcome::Denied {
             generation: 0,
             owner: None
         }
     );
     assert_eq!(
-        c.claim("a", 0).await.unwrap(),
+        c.claim(&as_node("a"), 0).await.unwrap(),
         ClaimOutcome::Granted { generation: 1 }
     );
     // The winner's retry after a lost answer is granted again, unchanged.
     assert_eq!(
-        c.claim("a", 0).await.unwrap(),
+        c.claim(&as_node("a"), 0).await.unwrap(),
         ClaimOutcome::Granted { generation: 1 }
     );
-    assert_eq!(c.claim("b", 0).await.unwrap(), denied(1, "a"));
+    assert_eq!(c.claim(&as_node("b"), 0).await.unwrap(), denied(1, "a"));
     assert_eq!(
-        c.claim("b", 1).await.unwrap(),
+        c.claim(&as_node("b"), 1).await.unwrap(),
         ClaimOutcome::Granted { generation: 2 }
     );
     // Once b has won 2, a's old repeat and a's claim at 1 are both stale.
-    assert_eq!(c.claim("a", 0).await.unwrap(), denied(2, "b"));
-    assert_eq!(c.claim("a", 1).await.unwrap(), denied(2, "b"));
+    assert_eq!(c.claim(&as_node("a"), 0).await.unwrap(), denied(2, "b"));
+    assert_eq!(c.claim(&as_node("a"), 1).await.unwrap(), denied(2, "b"));
     let mut last = c.query().await.unwrap().generation;
     for i in 0..20u64 {
         let node = if i % 2 == 0 { "a" } else { "b" };
@@ -117,13 +118,13 @@ async fn generation_only_grows_and_repeats_are_idempotent() {
         assert!(seen >= last, "generation went back from {last} to {seen}");
         // Every stale expectation is refused, whatever the node.
         for stale in seen.saturating_sub(3)..seen {
-            let outcome = c.claim("z", stale).await.unwrap();
+            let outcome = c.claim(&as_node("z"), stale).await.unwrap();
             assert!(
                 matches!(outcome, ClaimOutcome::Denied { generation, .. } if generation == seen)
             );
         }
         assert_eq!(
-            c.claim(node, seen).await.unwrap(),
+            c.claim(&as_node(node), seen).await.unwrap(),
             ClaimOutcome::Granted {
                 generation: seen + 1
             }
@@ -137,10 +138,12 @@ async fn generation_only_grows_and_repeats_are_idempotent() {
 }
 
 #[tokio::test]
+// These two are about durability, so the restarted arbiter does not hold
+// off claims for a lease it forgot (the ledger's unit tests cover that).
 async fn kill_9_between_grants_never_loses_or_repeats_a_generation() {
     let dir = TempDir::new("kill");
     let state = dir.path("state");
-    let mut server = ArbiterProcess::start(&dir, &state, &["--init"]);
+    let mut server = ArbiterProcess::start(&dir, &state, &["--init", "--max-lease-ms", "0"]);
     let mut expected = ArbiterState::INITIAL;
     for cycle in 0..3u64 {
         let mut c = client(server.addr).await;
@@ -148,22 +151,22 @@ async fn kill_9_between_grants_never_loses_or_repeats_a_generation() {
         let node = format!("n{cycle}");
         let generation = expected.generation + 1;
         assert_eq!(
-            c.claim(&node, expected.generation).await.unwrap(),
+            c.claim(&as_node(&node), expected.generation).await.unwrap(),
             ClaimOutcome::Granted { generation }
         );
         expected = owned(generation, &node);
         server.kill9();
         // No --init: the file must be there, and must be the one written.
-        server = ArbiterProcess::start(&dir, &state, &[]);
+        server = ArbiterProcess::start(&dir, &state, &["--max-lease-ms", "0"]);
         let mut c = client(server.addr).await;
         assert_eq!(c.query().await.unwrap(), expected);
         // Another node that saw the old generation cannot win it again.
         assert_eq!(
-            c.claim("other", generation - 1).await.unwrap(),
+            c.claim(&as_node("other"), generation - 1).await.unwrap(),
             denied(generation, &node)
         );
         assert_eq!(
-            c.claim(&node, generation - 1).await.unwrap(),
+            c.claim(&as_node(&node), generation - 1).await.unwrap(),
             ClaimOutcome::Granted { generation }
         );
     }
@@ -176,7 +179,7 @@ async fn kill_9_between_grants_never_loses_or_repeats_a_generation() {
 async fn kill_9_during_racing_claims_never_grants_a_generation_twice() {
     let dir = TempDir::new("kill-race");
     let state = dir.path("state");
-    let server = ArbiterProcess::start(&dir, &state, &["--init"]);
+    let server = ArbiterProcess::start(&dir, &state, &["--init", "--max-lease-ms", "0"]);
     let (grants_tx, mut grants_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = Vec::new();
     for node in ["left", "right"] {
@@ -185,7 +188,7 @@ async fn kill_9_during_racing_claims_never_grants_a_generation_twice() {
         tasks.push(tokio::spawn(async move {
             let mut seen = 0;
             for _ in 0..10_000 {
-                match c.claim(node, seen).await {
+                match c.claim(&as_node(node), seen).await {
                     Ok(ClaimOutcome::Granted { generation }) => {
                         let _ = grants_tx.send((generation, node));
                         seen = generation;
@@ -211,7 +214,7 @@ async fn kill_9_during_racing_claims_never_grants_a_generation_twice() {
     }
     let highest = *granted.keys().max().unwrap();
 
-    let server = ArbiterProcess::start(&dir, &state, &[]);
+    let server = ArbiterProcess::start(&dir, &state, &["--max-lease-ms", "0"]);
     let mut c = client(server.addr).await;
     let after = c.query().await.unwrap();
     assert!(after.generation >= highest, "{after:?} < {highest}");
@@ -220,12 +223,12 @@ async fn kill_9_during_racing_claims_never_grants_a_generation_twice() {
     }
     for stale in 0..after.generation {
         assert!(matches!(
-            c.claim("late", stale).await.unwrap(),
+            c.claim(&as_node("late"), stale).await.unwrap(),
             ClaimOutcome::Denied { .. }
         ));
     }
     assert_eq!(
-        c.claim("late", after.generation).await.unwrap(),
+        c.claim(&as_node("late"), after.generation).await.unwrap(),
         ClaimOutcome::Granted {
             generation: after.generation + 1
         }
@@ -275,17 +278,19 @@ async fn bad_requests_are_answered_and_closed_and_others_still_served() {
     // A well-behaved client connected throughout.
     let mut good = client(server.addr).await;
     assert_eq!(
-        good.claim("a", 0).await.unwrap(),
+        good.claim(&as_node("a"), 0).await.unwrap(),
         ClaimOutcome::Granted { generation: 1 }
     );
     let claim = Request::Claim {
         node: "b".into(),
+        incarnation: 2,
         expected_generation: 1,
     }
     .encode();
     let mut bad_node = claim[..HEADER_LEN - 2].to_vec();
-    bad_node.extend_from_slice(&11u16.to_be_bytes());
-    bad_node.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, b'b', b' ', b'x']);
+    bad_node.extend_from_slice(&19u16.to_be_bytes());
+    bad_node.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1]);
+    bad_node.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 2, b'b', b' ', b'x']);
     let cases: Vec<(&str, Vec<u8>, bool, ErrorCode, &str)> = vec![
         (
             "garbage",
@@ -310,21 +315,21 @@ async fn bad_requests_are_answered_and_closed_and_others_still_served() {
         ),
         (
             "oversize length",
-            b"ARBT\x01\x02\xff\xffxxxxxxxx".to_vec(),
+            b"ARBT\x02\x02\xff\xffxxxxxxxx".to_vec(),
             false,
             ErrorCode::Oversize,
             "exceeds the limit",
         ),
         (
             "wrong version",
-            b"ARBT\x02\x01\x00\x00".to_vec(),
+            b"ARBT\x01\x01\x00\x00".to_vec(),
             false,
             ErrorCode::BadVersion,
-            "unsupported protocol version 2",
+            "unsupported protocol version 1",
         ),
         (
             "unknown kind",
-            b"ARBT\x01\x7f\x00\x00".to_vec(),
+            b"ARBT\x02\x7f\x00\x00".to_vec(),
             false,
             ErrorCode::UnknownKind,
             "unknown message kind",
@@ -348,7 +353,7 @@ async fn bad_requests_are_answered_and_closed_and_others_still_served() {
     raw_exchange(server.addr, &flood, false);
     let mut fresh = client(server.addr).await;
     assert_eq!(
-        fresh.claim("b", 1).await.unwrap(),
+        fresh.claim(&as_node("b"), 1).await.unwrap(),
         ClaimOutcome::Granted { generation: 2 }
     );
     assert_eq!(good.query().await.unwrap(), owned(2, "b"));
@@ -390,9 +395,9 @@ fn corrupt_or_missing_state_file_fails_startup_clearly() {
         assert!(out.status.success(), "{}", text(&out.stderr));
         std::fs::read_to_string(&state).unwrap()
     };
-    assert!(good.contains("generation 1\nowner host-a\n"), "{good}");
+    assert!(good.contains("generation 1\nowner host-a "), "{good}");
     let flipped = good.replacen("generation 1", "generation 0", 1);
-    let newer = good.replacen("state 1", "state 2", 1);
+    let newer = good.replacen("state 2", "state 3", 1);
     let cases: [(&str, Vec<u8>, &str); 6] = [
         ("empty", vec![], "is corrupt: the file is empty"),
         ("garbage", b"\x7fELF\x02\x01".to_vec(), "is corrupt"),
@@ -402,7 +407,7 @@ fn corrupt_or_missing_state_file_fails_startup_clearly() {
             "is corrupt",
         ),
         ("flipped", flipped.into_bytes(), "checksum mismatch"),
-        ("newer", newer.into_bytes(), "has format version 2"),
+        ("newer", newer.into_bytes(), "has format version 3"),
         ("huge", vec![b'x'; 100_000], "is corrupt"),
     ];
     for (name, bytes, message) in cases {

@@ -1,37 +1,45 @@
 //! `backup-agent`: runs the same guest image as the primary, applies the
 //! primary's log at the same positions, checks and discards the guest's
-//! output, and acknowledges what it applied.
+//! output, and acknowledges what it has taken.
 //!
-//! When the primary falls silent it finishes applying every entry it
-//! received, then asks the arbiter for the next generation. If it wins it
-//! goes live: the datapath role flips to primary, a gratuitous ARP moves the
-//! service address here, the outputs the primary may not have released are
-//! sent again, and the guest runs on from the exact exit where the log
-//! ended, with the clock continuing from its last logged value. If it loses,
-//! the primary is alive: it stops.
+//! A primary's session begins only once the arbiter confirms that it owns
+//! the generation it announces; a backup replicates one primary in its
+//! lifetime. When that primary is lost, it finishes applying every entry it
+//! received, then claims the next generation. Granted, it goes live and
+//! serves alone exactly as a primary that lost its backup does (a lease,
+//! the outputs the primary may not have released sent again, the guest
+//! running on from the exact exit where the log ended). Denied, it gives
+//! its replica up only if its own primary won (a partition the primary
+//! won); if the arbiter names a node it cannot explain, it keeps the only
+//! up-to-date replica, raises an alarm and asks again.
 
 mod source;
 
 use agent::arbitration::Arbitration;
+use agent::audit::Audit;
 use agent::config::{config_hash, GuestArgs, ReplicationArgs};
-use agent::node::{conclude, Node, NodeLog, ReleaseNow};
-use agent::status::{Role, Status};
+use agent::node::{Node, NodeLog, ReleaseNow};
+use agent::role::{after_backup_claim, holding_claim, BackupVerdict, Role};
+use agent::serve::{finish_serving, OutputGate, Releaser, RoleControl, EXIT_DEPOSED};
+use agent::status::Status;
 use anyhow::{Context, Result};
-use arbiter::ClaimOutcome;
 use clap::Parser;
-use logchannel::{BackupListener, Hello};
-use source::{ChannelSource, Unreleased};
+use logchannel::{BackupListener, Hello, Verify};
+use source::{ChannelSource, Session, Unreleased};
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use vmm::replay::{hex, ReplayedOutput};
 use vmm::{GuestImage, Handover, Machine, Recorder, ReplayEnd, ReplayError, Replayer};
 
 const EXIT_DIVERGENCE: u8 = 2;
-const EXIT_LOST_ARBITRATION: u8 = 4;
+const EXIT_GUEST_FAILED: u8 = 3;
+/// How often a holding backup asks the arbiter again.
+const HOLD_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Parser)]
 #[command(about = "FT backup: replay the primary's log in lockstep; go live when it is lost")]
@@ -57,6 +65,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    args.replication.check()?;
     let config = args.guest.guest_config()?;
     let image = GuestImage::from_file(&args.guest.guest)?;
     // Service frames are dropped and the fence is up until we go live.
@@ -64,14 +73,24 @@ fn run(args: Args) -> Result<ExitCode> {
     let status = Status::new(&args.replication.node, args.guest.status.clone());
     status.set_role(Role::Backup);
     let machine = Machine::new(&image, &config).context("create the VM")?;
+    let incarnation = arbiter::new_incarnation();
     let hello = Hello::new(
         image.hash(),
         config_hash(&config),
         &args.replication.node,
-        0,
+        incarnation,
     );
-    let listener = BackupListener::bind(args.listen, hello, args.replication.channel_config())
-        .with_context(|| format!("listen for the primary on {}", args.listen))?;
+    let listener = BackupListener::bind(
+        args.listen,
+        hello,
+        args.replication.channel_config(),
+        verify_with(args.replication.arbiter),
+    )
+    .with_context(|| format!("listen for the primary on {}", args.listen))?;
+    let audit = Arc::new(
+        Audit::open(args.replication.release_record.as_deref())
+            .context("open the release record")?,
+    );
 
     let unreleased = Rc::new(RefCell::new(Unreleased::default()));
     let mut source = ChannelSource::new(
@@ -79,13 +98,12 @@ fn run(args: Args) -> Result<ExitCode> {
         node.stop.clone(),
         status.clone(),
         unreleased.clone(),
+        audit.clone(),
     );
     let mut keep_unreleased = |output: ReplayedOutput| unreleased.borrow_mut().push(output);
     let end = Replayer::new(machine).run(&mut source, &mut keep_unreleased);
     let handover = match end {
         Ok(ReplayEnd::Halted(summary)) => {
-            tracing::info!("the primary stopped cleanly; so does the backup");
-            status.set_role(Role::Stopped);
             println!(
                 "state_hash={} exits={} entries={} outputs={}",
                 hex(&summary.state_hash),
@@ -94,11 +112,23 @@ fn run(args: Args) -> Result<ExitCode> {
                 summary.outputs
             );
             node.finish();
-            return Ok(ExitCode::SUCCESS);
+            return Ok(match summary.guest_exit_code {
+                None | Some(0) => {
+                    tracing::info!("the primary stopped cleanly; so does the backup");
+                    status.set_role(Role::Stopped);
+                    ExitCode::SUCCESS
+                }
+                Some(code) => {
+                    tracing::error!(code, "the guest halted with an error on the primary; the backup reproduced it and stops too");
+                    status.set_role(Role::Halted);
+                    ExitCode::from(EXIT_GUEST_FAILED)
+                }
+            });
         }
         Err(ReplayError::Divergence(divergence)) => {
             status.divergences.fetch_add(1, Ordering::Relaxed);
             status.set_role(Role::Halted);
+            status.set_alarm(&format!("divergence: {divergence}"));
             tracing::error!(%divergence, "divergence alarm: this backup no longer mirrors the primary and will never go live");
             node.finish();
             return Ok(ExitCode::from(EXIT_DIVERGENCE));
@@ -106,80 +136,201 @@ fn run(args: Args) -> Result<ExitCode> {
         Err(e) => return Err(e).context("replaying the primary's log"),
         Ok(ReplayEnd::LogEnded(handover)) => handover,
     };
-    if node.stop.load(Ordering::Relaxed) || source.primary_generation.is_none() {
-        tracing::info!("stopped before going live");
-        status.set_role(Role::Stopped);
-        node.finish();
-        return Ok(ExitCode::SUCCESS);
-    }
-    let generation = source.primary_generation.expect("checked above");
+    let session = source.session.clone();
     drop(source);
-    go_live(args, node, status, handover, generation, unreleased)
+    match session {
+        Some(session) if !node.stop.load(Ordering::Relaxed) => {
+            let live = GoLive {
+                args,
+                node,
+                status,
+                audit,
+                incarnation,
+            };
+            live.run(handover, session, unreleased.borrow_mut().take())
+        }
+        _ => {
+            tracing::info!("stopped before going live");
+            status.set_role(Role::Stopped);
+            node.finish();
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
-fn go_live(
-    args: Args,
-    mut node: Node,
-    status: Arc<Status>,
-    handover: Handover,
-    primary_generation: u64,
-    unreleased: Rc<RefCell<Unreleased>>,
-) -> Result<ExitCode> {
-    status.set_role(Role::GoingLive);
-    tracing::info!(
-        exit = handover.position().exit,
-        primary_generation,
-        "log finished; asking the arbiter"
-    );
-    let arbitration = Arbitration::new(args.replication.arbiter, &args.replication.node)?;
-    let generation = match arbitration.claim(primary_generation, &node.stop)? {
-        ClaimOutcome::Granted { generation } => generation,
-        ClaimOutcome::Denied { generation, owner } => {
-            tracing::error!(
-                generation,
-                ?owner,
-                "the arbiter chose another node: the primary is alive; stopping"
-            );
-            status.set_role(Role::Halted);
-            node.finish();
-            return Ok(ExitCode::from(EXIT_LOST_ARBITRATION));
-        }
-    };
-    status.generation.store(generation, Ordering::Relaxed);
-    if let Some(xdp) = &node.xdp {
-        xdp.set_role(xdpnet::Role::Primary)
-            .context("take the service role")?;
-    }
-    let mut out = ReleaseNow {
-        nic: node.take_tx(),
-        pcap: None,
-        send_errors: 0,
-        status: status.clone(),
-    };
-    out.nic.announce().context("announce the service address")?;
-    let resent = unreleased.borrow_mut().take();
-    for output in &resent {
-        out.send(&output.frame, output.clock_ns)?;
-    }
-    out.flush();
-    status.set_role(Role::PrimaryAlone);
-    tracing::info!(
-        generation,
-        resent = resent.len(),
-        exit = handover.position().exit,
-        "live: serving as the primary"
-    );
+/// The backup's check of a primary's claimed generation: the arbiter's
+/// record must name exactly that primary process at that generation.
+fn verify_with(arbiter_addr: SocketAddr) -> Verify {
+    Arc::new(move |hello: &Hello, generation: u64| {
+        let (node, incarnation) = (hello.node.clone(), hello.incarnation);
+        // A thread of its own: the caller is on the channel's runtime.
+        std::thread::spawn(move || {
+            let mut arbitration =
+                Arbitration::new(arbiter_addr, &node, incarnation, Duration::from_secs(2))
+                    .map_err(|e| format!("{e:#}"))?;
+            let record = arbitration
+                .record()
+                .map_err(|e| format!("cannot ask the arbiter at {arbiter_addr}: {e}"))?;
+            if record.generation == generation
+                && record.owner.as_deref() == Some(node.as_str())
+                && record.incarnation == incarnation
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the arbiter's record is generation {} of {:?} (incarnation {:016x}), \
+                     not generation {generation} of {node:?} (incarnation {incarnation:016x})",
+                    record.generation,
+                    record.owner.as_deref().unwrap_or("-"),
+                    record.incarnation
+                ))
+            }
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the generation check panicked".into()))
+    })
+}
 
-    node.start_receiving();
-    let recorder = Recorder::resume(handover, node.take_inputs());
-    let mut log = NodeLog::new(None, None, status.clone());
-    let result = recorder.run(&mut log, &mut out);
-    let drops = node.finish();
-    Ok(conclude(
-        &status,
-        &result?,
-        drops,
-        out.send_errors,
-        log.bytes,
-    ))
+/// Everything going live needs.
+struct GoLive {
+    args: Args,
+    node: Node,
+    status: Arc<Status>,
+    audit: Arc<Audit>,
+    incarnation: u64,
+}
+
+impl GoLive {
+    fn run(
+        self,
+        handover: Handover,
+        session: Session,
+        unreleased: std::collections::VecDeque<ReplayedOutput>,
+    ) -> Result<ExitCode> {
+        let GoLive {
+            args,
+            mut node,
+            status,
+            audit,
+            incarnation,
+        } = self;
+        status.set_role(Role::GoingLive);
+        tracing::info!(
+            exit = handover.position().exit,
+            primary = %session.primary,
+            primary_generation = session.generation,
+            "log finished; asking the arbiter"
+        );
+        let replication = &args.replication;
+        let mut arbitration = Arbitration::new(
+            replication.arbiter,
+            &replication.node,
+            incarnation,
+            replication.silence(),
+        )?;
+        let mut expected = session.generation;
+        let generation = loop {
+            let outcome = arbitration.claim(expected, &node.stop)?;
+            match after_backup_claim(outcome, &session.primary, session.generation) {
+                BackupVerdict::GoLive { generation } => break generation,
+                BackupVerdict::StandDown { generation, owner } => {
+                    tracing::error!(generation, %owner, "our primary won generation {generation}: this replica is stale; stopping");
+                    status.set_role(Role::Deposed);
+                    node.finish();
+                    return Ok(ExitCode::from(EXIT_DEPOSED));
+                }
+                BackupVerdict::Hold { generation, owner } => {
+                    let alarm = format!(
+                        "cannot go live: the arbiter gives generation {generation} to {:?}, not to \
+                         our primary {:?}; keeping the replica (release the record with \
+                         `arbiter release --generation {generation}` if {:?} does not serve)",
+                        owner.as_deref().unwrap_or("-"),
+                        session.primary,
+                        owner.as_deref().unwrap_or("-"),
+                    );
+                    tracing::error!("{alarm}");
+                    status.set_role(Role::Holding);
+                    status.set_alarm(&alarm);
+                    match wait_for_claimable(&mut arbitration, &node, session.generation) {
+                        Some(next) => expected = next,
+                        None => {
+                            tracing::info!("stopped while holding the replica");
+                            status.set_role(Role::Stopped);
+                            node.finish();
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                    }
+                }
+            }
+        };
+        status.set_alarm("");
+        let control = RoleControl {
+            xdp: node.xdp.clone(),
+            status: status.clone(),
+        };
+        let mut out = ReleaseNow {
+            nic: node.take_tx(),
+            pcap: None,
+            send_errors: 0,
+            status: status.clone(),
+        };
+        control.promote(Role::Alone, generation, &mut out)?;
+        let gate = OutputGate::new(replication.bounds().held_outputs, node.stop.clone());
+        let resent = unreleased.len();
+        gate.hold_again(
+            unreleased
+                .into_iter()
+                .map(|output| (output.frame, output.seq, output.clock_ns)),
+        );
+        let releaser = Releaser {
+            gate: gate.clone(),
+            out,
+            arbitration,
+            generation,
+            silence: replication.silence(),
+            renew_every: replication.heartbeat(),
+            control,
+            vcpu: node.input_sender(),
+            stop: node.stop.clone(),
+            audit,
+        }
+        .spawn_alone();
+        tracing::info!(
+            generation,
+            resent,
+            exit = handover.position().exit,
+            "live: serving as the primary"
+        );
+        node.start_receiving();
+        let recorder = Recorder::resume(handover, node.take_inputs());
+        let log = NodeLog::new(None, None, status.clone(), node.stop.clone());
+        finish_serving(recorder, log, gate, releaser, node, &status)
+    }
+}
+
+/// Asks the arbiter every second until its record is one this backup may
+/// claim (see [`holding_claim`]); `None` if the node is told to stop first.
+fn wait_for_claimable(
+    arbitration: &mut Arbitration,
+    node: &Node,
+    primary_generation: u64,
+) -> Option<u64> {
+    loop {
+        std::thread::sleep(HOLD_RETRY);
+        if node.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        match arbitration.record() {
+            Ok(record) => {
+                if let Some(expected) = holding_claim(&record, primary_generation) {
+                    tracing::info!(
+                        generation = record.generation,
+                        "the arbiter's record can be claimed again"
+                    );
+                    return Some(expected);
+                }
+            }
+            Err(e) => tracing::warn!("asking the arbiter while holding the replica: {e}"),
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! session in order, acknowledged once applied, ending when the primary is
 //! lost (or a stop signal arrives).
 
+use agent::audit::Audit;
 use agent::status::Status;
 use ftlog::{Entry, LogError};
 use logchannel::{BackupListener, Event};
@@ -38,16 +39,29 @@ impl Unreleased {
     }
 }
 
+/// The primary this backup replicates, as the session began.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub primary: String,
+    pub generation: u64,
+}
+
+/// Entries taken from the channel ahead of the replay, at most: beyond it
+/// the channel's own bounded queue fills and TCP pushes back on the primary.
+const MAX_RECEIVED: usize = 4096;
+
 pub struct ChannelSource {
     listener: BackupListener,
     stop: Arc<AtomicBool>,
     status: Arc<Status>,
     unreleased: Rc<RefCell<Unreleased>>,
-    /// The generation the current primary announced.
-    pub primary_generation: Option<u64>,
+    audit: Arc<Audit>,
+    /// The primary's session, once it began.
+    pub session: Option<Session>,
     /// The primary's session has ended.
     lost: bool,
     received: VecDeque<(Entry, Instant)>,
+    acked: Option<u64>,
 }
 
 impl ChannelSource {
@@ -56,26 +70,34 @@ impl ChannelSource {
         stop: Arc<AtomicBool>,
         status: Arc<Status>,
         unreleased: Rc<RefCell<Unreleased>>,
+        audit: Arc<Audit>,
     ) -> Self {
         ChannelSource {
             listener,
             stop,
             status,
             unreleased,
-            primary_generation: None,
+            audit,
+            session: None,
             lost: false,
             received: VecDeque::new(),
+            acked: None,
         }
     }
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Connected { peer, hello } => {
-                tracing::info!(%peer, node = %hello.node, generation = hello.generation, "replicating from the primary");
-                self.primary_generation = Some(hello.generation);
-                self.status
-                    .generation
-                    .store(hello.generation, Ordering::Relaxed);
+            Event::Connected {
+                peer,
+                hello,
+                generation,
+            } => {
+                tracing::info!(%peer, node = %hello.node, generation, "replicating from the primary");
+                self.session = Some(Session {
+                    primary: hello.node,
+                    generation,
+                });
+                self.status.generation.store(generation, Ordering::Relaxed);
             }
             Event::Entry(entry) => self.received.push_back((entry, Instant::now())),
             Event::Released(seq) => self.unreleased.borrow_mut().released_through(seq),
@@ -108,7 +130,7 @@ impl EntrySource for ChannelSource {
     fn next_entry(&mut self) -> Result<Option<Entry>, LogError> {
         loop {
             // Take whatever already arrived, so the lag is visible.
-            while !self.lost {
+            while !self.lost && self.received.len() < MAX_RECEIVED {
                 match self.listener.next(Duration::ZERO) {
                     Ok(Some(event)) => self.handle(event),
                     Ok(None) => break,
@@ -134,6 +156,14 @@ impl EntrySource for ChannelSource {
     }
 
     fn applied(&mut self, seq: u64) {
+        if self.acked >= Some(seq) {
+            return;
+        }
+        self.acked = Some(seq);
+        if let Some(session) = &self.session {
+            // Recorded before the ack can leave.
+            self.audit.acked(session.generation, seq);
+        }
         self.listener.ack(seq);
         self.status.entries.store(seq + 1, Ordering::Relaxed);
     }

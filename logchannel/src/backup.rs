@@ -22,9 +22,14 @@ use tracing::{info, warn};
 /// What the replay thread learns from [`BackupListener::next`].
 #[derive(Debug)]
 pub enum Event {
-    /// A primary completed the handshake; its entries follow. Always the
-    /// first event of a session.
-    Connected { peer: SocketAddr, hello: Hello },
+    /// A primary completed the handshake under `generation`, which the
+    /// verifier accepted; its entries follow. Always the first event of a
+    /// session.
+    Connected {
+        peer: SocketAddr,
+        hello: Hello,
+        generation: u64,
+    },
     /// The next entry; seqs are contiguous within a session.
     Entry(Entry),
     /// The primary has released the outputs of every entry ≤ this seq.
@@ -50,9 +55,15 @@ pub struct BackupListener {
     runtime: Runtime,
 }
 
+/// Checks a primary's claimed generation before its session begins (with
+/// the arbiter: the record must name that primary at that generation). An
+/// `Err` is the reason sent back in the `Reject`. Called off the async
+/// threads, so it may block.
+pub type Verify = Arc<dyn Fn(&Hello, u64) -> Result<(), String> + Send + Sync>;
+
 /// [`Event`] plus the session handle the replay thread acks through.
 enum Delivery {
-    Connected(Arc<Session>, SocketAddr, Hello),
+    Connected(Arc<Session>, SocketAddr, Hello, u64),
     Entry(Entry),
     Released(u64),
     Lost(LinkError),
@@ -73,6 +84,11 @@ struct Session {
 struct Shared {
     hello: Hello,
     config: Config,
+    verify: Verify,
+    /// Set once a session has begun: a backup replicates one primary in
+    /// its lifetime. Once that primary is lost, its replica either goes
+    /// live or is kept; another primary must not overwrite it.
+    had_session: AtomicBool,
     /// The live session's primary, if any.
     active: Mutex<Option<ActivePrimary>>,
     events: mpsc::Sender<Delivery>,
@@ -88,7 +104,6 @@ impl Shared {
 struct ActivePrimary {
     peer: SocketAddr,
     node: String,
-    generation: u64,
 }
 
 /// Frees the session slot however the session ends.
@@ -101,13 +116,16 @@ impl Drop for SessionSlot {
 }
 
 impl BackupListener {
-    /// Listens on `addr`; `hello` is what we answer and what a primary's
-    /// protocol version, image hash and config hash must equal.
+    /// Listens on `addr`; `hello` (with the timing of `config`) is what we
+    /// answer and what a primary's must match; `verify` checks the
+    /// generation a primary claims before its session begins.
     pub fn bind(
         addr: SocketAddr,
         hello: Hello,
         config: Config,
+        verify: Verify,
     ) -> Result<BackupListener, LinkError> {
+        let hello = hello.timed(&config);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("logchannel-backup")
@@ -125,6 +143,8 @@ impl BackupListener {
         let shared = Arc::new(Shared {
             hello,
             config,
+            verify,
+            had_session: AtomicBool::new(false),
             active: Mutex::new(None),
             events: events_tx,
         });
@@ -164,9 +184,13 @@ impl BackupListener {
             }
         };
         Ok(Some(match delivery {
-            Delivery::Connected(session, peer, hello) => {
+            Delivery::Connected(session, peer, hello, generation) => {
                 self.current = Some(session);
-                Event::Connected { peer, hello }
+                Event::Connected {
+                    peer,
+                    hello,
+                    generation,
+                }
             }
             Delivery::Entry(entry) => Event::Entry(entry),
             Delivery::Released(seq) => Event::Released(seq),
@@ -222,7 +246,7 @@ async fn serve(
     shared: Arc<Shared>,
 ) {
     let limit = shared.config.handshake_timeout;
-    let accepted = match timeout(limit, handshake(stream, peer, &shared)).await {
+    let mut accepted = match timeout(limit, handshake(stream, peer, &shared)).await {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(reason)) => {
             warn!(peer = %peer, "log channel: refused connection: {reason}");
@@ -230,6 +254,18 @@ async fn serve(
         }
         Err(_) => {
             warn!(peer = %peer, "log channel: refused connection: no complete hello within {limit:?}");
+            return;
+        }
+    };
+    let limit = shared.config.start_timeout;
+    let generation = match timeout(limit, start(&mut accepted, &shared)).await {
+        Ok(Ok(generation)) => generation,
+        Ok(Err(reason)) => {
+            warn!(peer = %peer, node = %accepted.hello.node, "log channel: refused the session: {reason}");
+            return;
+        }
+        Err(_) => {
+            warn!(peer = %peer, node = %accepted.hello.node, "log channel: refused the session: no start within {limit:?}");
             return;
         }
     };
@@ -243,27 +279,71 @@ async fn serve(
     info!(
         peer = %peer,
         node = %hello.node,
-        generation = hello.generation,
+        incarnation = format!("{:016x}", hello.incarnation),
+        generation,
         "log channel: primary connected"
     );
     let session = Arc::new(Session::default());
     if shared
         .events
-        .send(Delivery::Connected(session.clone(), peer, hello))
+        .send(Delivery::Connected(
+            session.clone(),
+            peer,
+            hello,
+            generation,
+        ))
         .await
         .is_err()
     {
         return; // the listener is gone
     }
     let reason = tokio::select! {
-        reason = read_entries(reader, &shared) => reason,
-        reason = write_acks(writer, &session, &shared.config) => reason,
+        reason = read_entries(reader, &shared, generation) => reason,
+        reason = write_acks(writer, &session, &shared.config, generation) => reason,
     };
     warn!(peer = %peer, "log channel: primary lost: {reason}");
     // Reported before the slot is freed, so the replay thread sees this
     // session end before another one starts.
     let _ = shared.events.send(Delivery::Lost(reason)).await;
     drop(slot);
+}
+
+/// The second half of the handshake: the primary's `Start`, checked by the
+/// verifier, then echoed. Returns the session's generation.
+async fn start(accepted: &mut Accepted, shared: &Arc<Shared>) -> Result<u64, String> {
+    let generation = match accepted.reader.next().await {
+        Ok(Some(Message::Start { generation })) => generation,
+        Ok(Some(other)) => {
+            let reason = format!("expected a start, got {}", other.name());
+            reject(&mut accepted.writer, &reason).await;
+            return Err(reason);
+        }
+        Ok(None) => return Err("closed before sending a start".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let verify = shared.verify.clone();
+    let hello = accepted.hello.clone();
+    let checked = tokio::task::spawn_blocking(move || verify(&hello, generation))
+        .await
+        .unwrap_or_else(|e| Err(format!("the generation check failed: {e}")));
+    if let Err(reason) = checked {
+        reject(&mut accepted.writer, &reason).await;
+        return Err(reason);
+    }
+    // Claimed before answering: from now on no other primary is accepted.
+    if shared.had_session.swap(true, Ordering::SeqCst) {
+        let reason = "this backup already replicates a primary".to_string();
+        reject(&mut accepted.writer, &reason).await;
+        return Err(reason);
+    }
+    let mut out = Vec::new();
+    encode(&Message::Start { generation }, &mut out);
+    accepted
+        .writer
+        .write_all(&out)
+        .await
+        .map_err(|e| format!("confirming the start failed: {e}"))?;
+    Ok(generation)
 }
 
 /// A primary whose handshake succeeded.
@@ -293,7 +373,10 @@ async fn handshake(
         Ok(None) => return Err("closed before sending a hello".into()),
         Err(e) => return Err(e.to_string()),
     };
-    let who = format!("primary {:?} (generation {})", hello.node, hello.generation);
+    let who = format!(
+        "primary {:?} (incarnation {:016x})",
+        hello.node, hello.incarnation
+    );
     if let Some(reason) = Hello::mismatch(&hello, &shared.hello) {
         reject(&mut writer, &reason).await;
         return Err(format!("{who}: {reason}"));
@@ -302,14 +385,18 @@ async fn handshake(
         let mut active = shared.active();
         match &*active {
             Some(live) => Err(format!(
-                "another primary is already replicating: {:?} at {} (generation {})",
-                live.node, live.peer, live.generation
+                "another primary is already replicating: {:?} at {}",
+                live.node, live.peer
             )),
+            None if shared.had_session.load(Ordering::SeqCst) => Err(
+                "this backup lost the primary it replicated: its replica goes live or is \
+                 kept, never overwritten (start a new backup-agent for a new primary)"
+                    .to_string(),
+            ),
             None => {
                 *active = Some(ActivePrimary {
                     peer,
                     node: hello.node.clone(),
-                    generation: hello.generation,
                 });
                 Ok(SessionSlot(shared.clone()))
             }
@@ -352,7 +439,11 @@ async fn reject(writer: &mut OwnedWriteHalf, reason: &str) {
 
 /// Passes the primary's entries and watermarks to the replay thread until
 /// the connection ends or goes silent.
-async fn read_entries(mut reader: MessageReader<OwnedReadHalf>, shared: &Shared) -> LinkError {
+async fn read_entries(
+    mut reader: MessageReader<OwnedReadHalf>,
+    shared: &Shared,
+    generation: u64,
+) -> LinkError {
     let mut expected_seq: Option<u64> = None;
     loop {
         let message = match reader.next_within(shared.config.silence_timeout).await {
@@ -371,6 +462,11 @@ async fn read_entries(mut reader: MessageReader<OwnedReadHalf>, shared: &Shared)
                 Delivery::Entry(entry)
             }
             Message::Released { seq } => Delivery::Released(seq),
+            Message::Heartbeat {
+                generation: theirs, ..
+            } if theirs != generation => return LinkError::Protocol(format!(
+                "the primary's heartbeat carries generation {theirs}; this session is {generation}"
+            )),
             Message::Heartbeat { .. } => continue,
             other => {
                 return LinkError::Protocol(format!(
@@ -387,8 +483,13 @@ async fn read_entries(mut reader: MessageReader<OwnedReadHalf>, shared: &Shared)
 }
 
 /// Sends the newest ack whenever it moves, and a heartbeat when due.
-async fn write_acks(mut writer: OwnedWriteHalf, session: &Session, config: &Config) -> LinkError {
-    let mut heartbeats = Heartbeats::new(config);
+async fn write_acks(
+    mut writer: OwnedWriteHalf,
+    session: &Session,
+    config: &Config,
+    generation: u64,
+) -> LinkError {
+    let mut heartbeats = Heartbeats::new(config, generation);
     let mut acked_sent = 0u64;
     let mut out = Vec::new();
     loop {

@@ -13,6 +13,9 @@ pub struct Config {
     pub silence_timeout: Duration,
     /// Bound on connecting plus exchanging hellos.
     pub handshake_timeout: Duration,
+    /// Bound on the second half of the handshake: the primary's claim at
+    /// the arbiter, its `Start`, and the backup's own check with the arbiter.
+    pub start_timeout: Duration,
     /// Backup: connections allowed in the handshake at once; more are
     /// closed on accept, so a flood of idle connections costs bounded memory.
     pub max_pending_handshakes: usize,
@@ -34,6 +37,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_millis(50),
             silence_timeout: Duration::from_millis(500),
             handshake_timeout: Duration::from_secs(2),
+            start_timeout: Duration::from_secs(10),
             max_pending_handshakes: 16,
             event_queue: 4096,
         }

@@ -26,6 +26,9 @@ pub enum LinkError {
     Protocol(String),
     #[error("no message from the peer for {0:?}")]
     Silent(Duration),
+    /// The backup is alive but acknowledged none of the pending entries.
+    #[error("the backup acknowledged nothing of what was pending for {0:?}: its replay is stuck")]
+    Stalled(Duration),
     #[error("the peer closed the connection")]
     PeerClosed,
     #[error("the link was closed by this side")]

@@ -68,9 +68,9 @@ mod hello;
 mod primary;
 pub mod wire;
 
-pub use backup::{BackupListener, Event};
+pub use backup::{BackupListener, Event, Verify};
 pub use config::Config;
 pub use error::LinkError;
 pub use hello::{Hello, PROTOCOL_VERSION};
-pub use primary::PrimaryLink;
+pub use primary::{PendingLink, PrimaryLink};
 pub use wire::MAX_BODY_LEN;

@@ -15,8 +15,20 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 use tokio::sync::{watch, Notify};
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 use tracing::{error, info};
+
+/// A log channel whose hellos were exchanged and checked, waiting for the
+/// primary's claim: [`PendingLink::start`] tells the backup the generation
+/// the arbiter granted, and the backup checks it with the arbiter.
+pub struct PendingLink {
+    reader: MessageReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    peer_hello: Hello,
+    config: Config,
+    addr: SocketAddr,
+    runtime: Runtime,
+}
 
 /// A connected log channel to the backup.
 ///
@@ -46,6 +58,9 @@ struct Shared {
     /// Released watermark plus one (0: none yet).
     released: AtomicU64,
     closing: AtomicBool,
+    /// When the backup was last heard from: µs after `epoch`.
+    heard_us: AtomicU64,
+    epoch: std::time::Instant,
 }
 
 impl Shared {
@@ -64,49 +79,37 @@ struct LinkState {
 }
 
 impl PrimaryLink {
-    /// Connects to the backup at `addr` and exchanges hellos. Fails with
-    /// [`LinkError::HandshakeRefused`] carrying the backup's reason if the
-    /// backup refuses us.
+    /// Connects to the backup at `addr` and exchanges hellos (ours gets the
+    /// timing of `config`). Fails with [`LinkError::HandshakeRefused`]
+    /// carrying the backup's reason if the backup refuses us, and with
+    /// [`LinkError::Incompatible`] if its hello does not match ours.
     pub fn connect(
         addr: SocketAddr,
         hello: Hello,
         config: Config,
-    ) -> Result<PrimaryLink, LinkError> {
+    ) -> Result<PendingLink, LinkError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("logchannel-primary")
             .enable_all()
             .build()
             .map_err(|e| LinkError::io("starting the log channel runtime", e))?;
+        let hello = hello.timed(&config);
         let (reader, writer, peer_hello) = runtime
             .block_on(handshake(addr, &hello, &config))
             .inspect_err(|e| error!(backup = %addr, "log channel: handshake failed: {e}"))?;
         info!(
             backup = %addr,
             node = %peer_hello.node,
-            generation = peer_hello.generation,
-            "log channel: connected to the backup"
+            incarnation = format!("{:016x}", peer_hello.incarnation),
+            "log channel: hellos exchanged with the backup"
         );
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(Vec::new()),
-            wake: Notify::new(),
-            queued: AtomicU64::new(0),
-            released: AtomicU64::new(0),
-            closing: AtomicBool::new(false),
-        });
-        let (state_tx, state) = watch::channel(LinkState::default());
-        runtime.spawn(run_session(
+        Ok(PendingLink {
             reader,
             writer,
-            shared.clone(),
-            state_tx,
+            peer_hello,
             config,
             addr,
-        ));
-        Ok(PrimaryLink {
-            shared,
-            state,
-            peer_hello,
             runtime,
         })
     }
@@ -146,6 +149,12 @@ impl PrimaryLink {
     /// The highest seq the backup has acked (every entry up to it is applied).
     pub fn acked_seq(&self) -> Option<u64> {
         self.state.borrow().acked
+    }
+
+    /// When the backup was last heard from (any message), or when the
+    /// session began.
+    pub fn last_heard(&self) -> std::time::Instant {
+        self.shared.epoch + Duration::from_micros(self.shared.heard_us.load(Ordering::SeqCst))
     }
 
     /// Blocks until the backup has acked `seq`; false on timeout or if the
@@ -202,6 +211,89 @@ impl PrimaryLink {
     }
 }
 
+impl PendingLink {
+    /// The backup's hello.
+    pub fn peer_hello(&self) -> &Hello {
+        &self.peer_hello
+    }
+
+    /// Tells the backup that the arbiter granted us `generation` and waits
+    /// for it to confirm (it asks the arbiter itself); then the session
+    /// begins and entries may be sent.
+    pub fn start(self, generation: u64) -> Result<PrimaryLink, LinkError> {
+        let PendingLink {
+            mut reader,
+            mut writer,
+            peer_hello,
+            config,
+            addr,
+            runtime,
+        } = self;
+        runtime
+            .block_on(confirm_start(&mut reader, &mut writer, generation, &config))
+            .inspect_err(|e| {
+                error!(backup = %addr, "log channel: the backup did not start the session: {e}")
+            })?;
+        info!(backup = %addr, node = %peer_hello.node, generation, "log channel: session started");
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            queued: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            heard_us: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+        });
+        let (state_tx, state) = watch::channel(LinkState::default());
+        runtime.spawn(run_session(
+            reader,
+            writer,
+            shared.clone(),
+            state_tx,
+            config,
+            addr,
+            generation,
+        ));
+        Ok(PrimaryLink {
+            shared,
+            state,
+            peer_hello,
+            runtime,
+        })
+    }
+}
+
+/// Sends `Start { generation }` and reads the backup's echo of it.
+async fn confirm_start(
+    reader: &mut MessageReader<OwnedReadHalf>,
+    writer: &mut OwnedWriteHalf,
+    generation: u64,
+    config: &Config,
+) -> Result<(), LinkError> {
+    let exchange = async {
+        let mut out = Vec::new();
+        encode(&Message::Start { generation }, &mut out);
+        writer
+            .write_all(&out)
+            .await
+            .map_err(|e| LinkError::io("sending the start", e))?;
+        match reader.next().await? {
+            Some(Message::Start { generation: echoed }) if echoed == generation => Ok(()),
+            Some(Message::Reject { reason }) => Err(LinkError::HandshakeRefused(reason)),
+            Some(other) => Err(LinkError::Protocol(format!(
+                "expected the backup to confirm generation {generation}, got {other:?}"
+            ))),
+            None => Err(LinkError::PeerClosed),
+        }
+    };
+    timeout(config.start_timeout, exchange)
+        .await
+        .unwrap_or(Err(LinkError::TimedOut {
+            what: "the backup's check of our generation",
+            after: config.start_timeout,
+        }))
+}
+
 /// Connects, sends our hello and reads the backup's answer.
 async fn handshake(
     addr: SocketAddr,
@@ -253,10 +345,11 @@ async fn run_session(
     state: watch::Sender<LinkState>,
     config: Config,
     backup: SocketAddr,
+    generation: u64,
 ) {
     let failure = tokio::select! {
-        failure = read_acks(reader, &shared, &state, &config) => failure,
-        failure = write_batches(writer, &shared, &config) => failure,
+        failure = read_acks(reader, &shared, &state, &config, generation) => failure,
+        failure = write_batches(writer, &shared, &config, generation) => failure,
     };
     match &failure {
         LinkError::Closed => info!(backup = %backup, "log channel: closed"),
@@ -267,20 +360,42 @@ async fn run_session(
     });
 }
 
+/// Reads the backup's acks and heartbeats. A backup that keeps sending
+/// heartbeats but acks none of the pending entries for the silence timeout
+/// (its replay is stuck) is as lost as a silent one.
 async fn read_acks(
     mut reader: MessageReader<OwnedReadHalf>,
     shared: &Shared,
     state: &watch::Sender<LinkState>,
     config: &Config,
+    generation: u64,
 ) -> LinkError {
+    let mut progress = Instant::now();
     loop {
         let message = match reader.next_within(config.silence_timeout).await {
             Ok(message) => message,
             Err(failure) => return failure,
         };
+        let heard = shared.epoch.elapsed().as_micros();
+        shared
+            .heard_us
+            .store(u64::try_from(heard).unwrap_or(u64::MAX), Ordering::SeqCst);
+        let acked = state.borrow().acked;
+        let pending = shared.queued.load(Ordering::SeqCst).checked_sub(1) > acked;
+        if !pending {
+            progress = Instant::now();
+        } else if progress.elapsed() >= config.silence_timeout {
+            return LinkError::Stalled(config.silence_timeout);
+        }
         match message {
+            Message::Heartbeat {
+                generation: theirs, ..
+            } if theirs != generation => return LinkError::Protocol(format!(
+                "the backup's heartbeat carries generation {theirs}; this session is {generation}"
+            )),
             Message::Heartbeat { .. } => {}
             Message::Ack { seq } => {
+                progress = Instant::now();
                 let newest = shared.queued.load(Ordering::SeqCst).checked_sub(1);
                 if newest.is_none_or(|newest| seq > newest) {
                     return LinkError::Protocol(format!(
@@ -307,8 +422,13 @@ async fn read_acks(
 
 /// Sends whatever has been queued since the last write in one syscall,
 /// plus the released watermark if it moved and a heartbeat when due.
-async fn write_batches(mut writer: OwnedWriteHalf, shared: &Shared, config: &Config) -> LinkError {
-    let mut heartbeats = Heartbeats::new(config);
+async fn write_batches(
+    mut writer: OwnedWriteHalf,
+    shared: &Shared,
+    config: &Config,
+    generation: u64,
+) -> LinkError {
+    let mut heartbeats = Heartbeats::new(config, generation);
     let mut released_sent = 0u64;
     let mut batch = Vec::new();
     loop {

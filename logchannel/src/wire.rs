@@ -19,12 +19,16 @@ const TAG_ENTRY: u8 = 0x06;
 const TAG_HEARTBEAT: u8 = 0x09;
 const TAG_RELEASED: u8 = 0x0a;
 const TAG_ACK: u8 = 0x0c;
+const TAG_START: u8 = 0x11;
 
 /// Longest reject reason sent; longer ones are cut.
 pub const MAX_REASON_LEN: usize = 1024;
 /// Longest node name sent (its length is one byte); longer ones are cut.
 pub const MAX_NODE_LEN: usize = 255;
-const HELLO_FIXED_LEN: usize = 2 + 32 + 32 + 8 + 1;
+/// Version, image hash, config hash, node name length.
+const HELLO_FIXED_LEN: usize = 2 + 32 + 32 + 1;
+/// Incarnation, heartbeat and silence, after the node name.
+const HELLO_TAIL_LEN: usize = 8 + 4 + 4;
 /// Enough for several entries per read syscall.
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -32,11 +36,25 @@ const READ_BUFFER: usize = 64 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     Hello(Hello),
-    Reject { reason: String },
+    Reject {
+        reason: String,
+    },
+    /// Primary → backup: the generation the arbiter granted it; backup →
+    /// primary, the same: checked, the session begins.
+    Start {
+        generation: u64,
+    },
     Entry(Entry),
-    Heartbeat { counter: u64 },
-    Released { seq: u64 },
-    Ack { seq: u64 },
+    Heartbeat {
+        counter: u64,
+        generation: u64,
+    },
+    Released {
+        seq: u64,
+    },
+    Ack {
+        seq: u64,
+    },
 }
 
 impl Message {
@@ -44,6 +62,7 @@ impl Message {
         match self {
             Message::Hello(_) => "hello",
             Message::Reject { .. } => "reject",
+            Message::Start { .. } => "start",
             Message::Entry(_) => "entry",
             Message::Heartbeat { .. } => "heartbeat",
             Message::Released { .. } => "released",
@@ -61,15 +80,24 @@ pub fn encode(message: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&hello.protocol_version.to_le_bytes());
             out.extend_from_slice(&hello.image_hash);
             out.extend_from_slice(&hello.config_hash);
-            out.extend_from_slice(&hello.generation.to_le_bytes());
             out.push(node.len() as u8);
             out.extend_from_slice(node.as_bytes());
+            out.extend_from_slice(&hello.incarnation.to_le_bytes());
+            out.extend_from_slice(&hello.heartbeat_ms.to_le_bytes());
+            out.extend_from_slice(&hello.silence_ms.to_le_bytes());
+        }),
+        Message::Start { generation } => framed(out, TAG_START, |out| {
+            out.extend_from_slice(&generation.to_le_bytes())
         }),
         Message::Reject { reason } => framed(out, TAG_REJECT, |out| {
             out.extend_from_slice(cut(reason, MAX_REASON_LEN).as_bytes())
         }),
-        Message::Heartbeat { counter } => framed(out, TAG_HEARTBEAT, |out| {
-            out.extend_from_slice(&counter.to_le_bytes())
+        Message::Heartbeat {
+            counter,
+            generation,
+        } => framed(out, TAG_HEARTBEAT, |out| {
+            out.extend_from_slice(&counter.to_le_bytes());
+            out.extend_from_slice(&generation.to_le_bytes());
         }),
         Message::Released { seq } => framed(out, TAG_RELEASED, |out| {
             out.extend_from_slice(&seq.to_le_bytes())
@@ -169,13 +197,19 @@ impl From<WireError> for LinkError {
 pub(crate) struct Heartbeats {
     interval: Interval,
     sent: u64,
+    generation: u64,
 }
 
 impl Heartbeats {
-    pub(crate) fn new(config: &Config) -> Self {
+    /// Heartbeats of a session under `generation`, which each one carries.
+    pub(crate) fn new(config: &Config, generation: u64) -> Self {
         let mut interval = interval(config.heartbeat_period());
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Heartbeats { interval, sent: 0 }
+        Heartbeats {
+            interval,
+            sent: 0,
+            generation,
+        }
     }
 
     /// Completes when the next heartbeat is due.
@@ -185,7 +219,11 @@ impl Heartbeats {
 
     /// Appends the heartbeat to what is about to be written.
     pub(crate) fn encode(&mut self, out: &mut Vec<u8>) {
-        encode(&Message::Heartbeat { counter: self.sent }, out);
+        let heartbeat = Message::Heartbeat {
+            counter: self.sent,
+            generation: self.generation,
+        };
+        encode(&heartbeat, out);
         self.sent += 1;
     }
 }
@@ -265,6 +303,7 @@ fn tag_name(tag: u8) -> Option<&'static str> {
     Some(match tag {
         TAG_HELLO => "hello",
         TAG_REJECT => "reject",
+        TAG_START => "start",
         TAG_ENTRY => "entry",
         TAG_HEARTBEAT => "heartbeat",
         TAG_RELEASED => "released",
@@ -306,37 +345,69 @@ fn decode(tag: u8, what: &'static str, frame: &[u8], offset: u64) -> Result<Mess
         TAG_REJECT => Message::Reject {
             reason: printable(body),
         },
-        TAG_HEARTBEAT => Message::Heartbeat {
-            counter: u64_body()?,
+        TAG_START => Message::Start {
+            generation: u64_body()?,
         },
+        TAG_HEARTBEAT => {
+            let (counter, generation) = <[u8; 16]>::try_from(body)
+                .map(|b| {
+                    let (counter, generation) = b.split_at(8);
+                    (le_u64(counter), le_u64(generation))
+                })
+                .map_err(|_| malformed(format!("{} bytes, expected 16", body.len())))?;
+            Message::Heartbeat {
+                counter,
+                generation,
+            }
+        }
         TAG_RELEASED => Message::Released { seq: u64_body()? },
         TAG_ACK => Message::Ack { seq: u64_body()? },
         _ => return Err(WireError::UnknownTag { offset, tag }),
     })
 }
 
+fn le_u64(bytes: &[u8]) -> u64 {
+    u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
+}
+
 fn decode_hello(body: &[u8]) -> Result<Hello, String> {
+    // The version comes first in every version: a peer of another one is
+    // told that the versions differ, not that its hello is malformed.
+    if let Some(&[lo, hi]) = body.first_chunk::<2>() {
+        let version = u16::from_le_bytes([lo, hi]);
+        if version != crate::PROTOCOL_VERSION {
+            return Ok(Hello {
+                protocol_version: version,
+                ..Hello::new([0; 32], [0; 32], "?", 0)
+            });
+        }
+    }
     if body.len() < HELLO_FIXED_LEN {
         return Err(format!(
             "{} bytes, shorter than the {HELLO_FIXED_LEN}-byte minimum",
             body.len()
         ));
     }
-    let (fixed, node) = body.split_at(HELLO_FIXED_LEN);
+    let (fixed, rest) = body.split_at(HELLO_FIXED_LEN);
     let node_len = fixed[HELLO_FIXED_LEN - 1] as usize;
-    if node.len() != node_len {
+    if rest.len() != node_len + HELLO_TAIL_LEN {
         return Err(format!(
-            "node name of {} bytes, length byte says {node_len}",
-            node.len()
+            "{} bytes after the fixed part, the node name length says {}",
+            rest.len(),
+            node_len + HELLO_TAIL_LEN
         ));
     }
+    let (node, tail) = rest.split_at(node_len);
     let array = |at: usize| -> [u8; 32] { fixed[at..at + 32].try_into().expect("in bounds") };
+    let le_u32 = |at: usize| u32::from_le_bytes(tail[at..at + 4].try_into().expect("in bounds"));
     Ok(Hello {
         protocol_version: u16::from_le_bytes([fixed[0], fixed[1]]),
         image_hash: array(2),
         config_hash: array(34),
-        generation: u64::from_le_bytes(fixed[66..74].try_into().expect("in bounds")),
         node: printable(node),
+        incarnation: le_u64(&tail[..8]),
+        heartbeat_ms: le_u32(8),
+        silence_ms: le_u32(12),
     })
 }
 
@@ -358,12 +429,20 @@ mod tests {
 
     fn all_messages() -> Vec<Message> {
         vec![
-            Message::Hello(Hello::new([1; 32], [2; 32], "host-a", 7)),
+            Message::Hello(Hello {
+                heartbeat_ms: 50,
+                silence_ms: 500,
+                ..Hello::new([1; 32], [2; 32], "host-a", 7)
+            }),
             Message::Reject {
                 reason: "guest image differs".into(),
             },
+            Message::Start { generation: 3 },
             Message::Entry(entry(5)),
-            Message::Heartbeat { counter: 9 },
+            Message::Heartbeat {
+                counter: 9,
+                generation: 3,
+            },
             Message::Released { seq: 4 },
             Message::Ack { seq: 5 },
         ]

@@ -206,7 +206,7 @@ fn cutting_the_log_channel_leaves_exactly_one_side_serving() {
             if running && next_generation {
                 won.push(host);
             }
-            if !running || status.as_ref().is_some_and(|s| s.role() == "halted") {
+            if !running || status.as_ref().is_some_and(|s| s.role() == "deposed") {
                 out.push(host);
             }
             seen.push(format!("host-{} running={running} {status:?}", host.node()));
@@ -225,7 +225,7 @@ fn cutting_the_log_channel_leaves_exactly_one_side_serving() {
         cut.elapsed()
     );
 
-    // The loser halts: its process ends, with a failure.
+    // The loser is deposed: its process ends, with a failure.
     let ended = cluster.wait_exit(loser, Duration::from_secs(30)).unwrap();
     assert!(
         !ended.status.success(),
@@ -233,7 +233,7 @@ fn cutting_the_log_channel_leaves_exactly_one_side_serving() {
         loser.node()
     );
     let last = cluster.status(loser).unwrap().expect("the loser's status");
-    assert_eq!(last.role(), "halted", "{last:?}");
+    assert_eq!(last.role(), "deposed", "{last:?}");
 
     // The client's connection went on, whichever side won.
     let report = checker_report(checker);
@@ -271,13 +271,13 @@ fn an_isolated_primary_that_lost_the_arbiter_halts_when_it_comes_back() {
     let after = cluster.arbiter_state().unwrap();
     assert_eq!(after, next_claim(&before, Host::B));
 
-    // host-a comes back: the arbiter says no, and it halts without
+    // host-a comes back: the arbiter says no, and it is deposed without
     // releasing anything it held.
     cluster.plug(Host::A, true).unwrap();
     let ended = cluster.wait_exit(Host::A, Duration::from_secs(30)).unwrap();
     assert!(!ended.status.success(), "host-a exited with success");
     let last = cluster.status(Host::A).unwrap().expect("host-a's status");
-    assert_eq!(last.role(), "halted", "{last:?}");
+    assert_eq!(last.role(), "deposed", "{last:?}");
 
     let report = checker_report(checker);
     assert_history(&cluster, "isolated", &report);

@@ -18,5 +18,5 @@ pub mod replay;
 pub use handover::Handover;
 pub use loader::{GuestImage, LoadError};
 pub use machine::{GuestExit, Machine, MachineError};
-pub use record::{GuestClock, Input, LogSink, OutputSink, Recorder, RunSummary};
+pub use record::{GuestClock, Input, LogSink, OutputSink, Recorder, RunSummary, CRASH_EXIT_CODE};
 pub use replay::{Divergence, EntrySource, ReplayEnd, ReplayError, ReplaySummary, Replayer};

@@ -19,6 +19,12 @@ use guest_abi as abi;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
+/// The exit code a `Halt` entry records when the guest crashed (a fault,
+/// or a broken exchange ABI) rather than halting: the replay must crash
+/// at the same exit, and a backup then stops instead of going live into
+/// the same crash.
+pub const CRASH_EXIT_CODE: u32 = u32::MAX;
+
 /// The clock is delivered at most once per this many ns while the guest
 /// is busy, which bounds clock entries to 1000/s.
 pub const CLOCK_GRANULARITY_NS: u64 = 1_000_000;
@@ -83,6 +89,7 @@ struct PendingExit {
 enum NextExit {
     Exchange(PendingExit),
     Halt(Position, u32),
+    Crash(Position, String),
 }
 
 /// The guest clock: nanoseconds since boot, from the host's monotonic clock.
@@ -216,6 +223,13 @@ impl Recorder {
                 NextExit::Halt(position, code) => {
                     return self.finish(log, position, Some(code)).map(Some);
                 }
+                NextExit::Crash(position, reason) => {
+                    self.finish(log, position, Some(CRASH_EXIT_CODE))?;
+                    return Err(RecordError::Machine(MachineError::GuestCrash {
+                        rip: position.rip,
+                        reason,
+                    }));
+                }
             },
         };
 
@@ -299,7 +313,17 @@ impl Recorder {
 
     /// Runs to the next guest-initiated exit and reads the guest's request.
     fn next_exchange(&mut self) -> Result<NextExit, RecordError> {
-        let exit = self.machine.run_to_exit()?;
+        let exit = match self.machine.run_to_exit() {
+            Err(MachineError::GuestCrash { rip, reason }) => {
+                let position = Position {
+                    exit: self.exits,
+                    rip,
+                };
+                self.exits += 1;
+                return Ok(NextExit::Crash(position, reason));
+            }
+            exit => exit?,
+        };
         let position = Position {
             exit: self.exits,
             rip: self.machine.rip()?,
@@ -309,7 +333,12 @@ impl Recorder {
             log_console(&exchange::take_console(self.machine.memory())?, false);
             return Ok(NextExit::Halt(position, code));
         }
-        let request = exchange::take_request(self.machine.memory(), || position.rip)?;
+        let request = match exchange::take_request(self.machine.memory(), || position.rip) {
+            Err(MachineError::GuestCrash { reason, .. }) => {
+                return Ok(NextExit::Crash(position, reason))
+            }
+            request => request?,
+        };
         Ok(NextExit::Exchange(PendingExit {
             position,
             request,

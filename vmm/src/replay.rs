@@ -9,7 +9,7 @@
 use crate::exchange::{self, Delivery, Request};
 use crate::handover::Handover;
 use crate::machine::{GuestExit, Machine, MachineError};
-use crate::record::{log_console, output_digest};
+use crate::record::{log_console, output_digest, CRASH_EXIT_CODE};
 use ftlog::{Entry, LogError, Payload, Position};
 use guest_abi as abi;
 
@@ -207,14 +207,24 @@ impl Replayer {
         source: &mut dyn EntrySource,
         on_output: &mut dyn FnMut(ReplayedOutput),
     ) -> Result<Step, ReplayError> {
-        let exit_kind = self.machine.run_to_exit()?;
         let exit = self.exits;
         self.exits += 1;
+        let exit_kind = match self.machine.run_to_exit() {
+            Err(MachineError::GuestCrash { rip, reason }) => {
+                return self.crashed(source, Position { exit, rip }, reason)
+            }
+            exit_kind => exit_kind?,
+        };
         let rip = self.machine.rip()?;
         let position = Position { exit, rip };
 
         let mut request = match exit_kind {
-            GuestExit::Exchange => exchange::take_request(self.machine.memory(), || rip)?,
+            GuestExit::Exchange => match exchange::take_request(self.machine.memory(), || rip) {
+                Err(MachineError::GuestCrash { reason, .. }) => {
+                    return self.crashed(source, position, reason)
+                }
+                request => request?,
+            },
             GuestExit::Halt(_) => Request {
                 console: exchange::take_console(self.machine.memory())?,
                 ..Request::default()
@@ -315,6 +325,39 @@ impl Replayer {
         }
         self.deliver(position, &inputs, request.wants_entropy)?;
         Ok(Step::Continue)
+    }
+
+    /// The guest crashed at `position`: that ends the replay if the primary
+    /// crashed there too (its log ends with a crash `Halt` at this exit).
+    fn crashed(
+        &mut self,
+        source: &mut dyn EntrySource,
+        position: Position,
+        reason: String,
+    ) -> Result<Step, ReplayError> {
+        match self.next_at(source, position)? {
+            Next::Entry(Entry {
+                seq,
+                payload:
+                    Payload::Halt {
+                        state_hash,
+                        guest_exit_code: Some(CRASH_EXIT_CODE),
+                    },
+                ..
+            }) => {
+                tracing::error!(
+                    rip = position.rip,
+                    "the guest crashed as it did on the primary: {reason}"
+                );
+                let crash = GuestExit::Halt(CRASH_EXIT_CODE);
+                self.finish(position, seq, state_hash, Some(CRASH_EXIT_CODE), crash)
+                    .map(Step::Halted)
+            }
+            _ => Err(ReplayError::Machine(MachineError::GuestCrash {
+                rip: position.rip,
+                reason,
+            })),
+        }
     }
 
     fn deliver(

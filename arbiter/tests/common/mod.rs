@@ -160,3 +160,12 @@ pub fn run(args: &[&str]) -> Output {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// A fixed incarnation per node name, so that a test's repeated claims by
+/// "a" come from the same claimant (as one agent process's would).
+pub fn as_node(node: &str) -> arbiter::Claimant<'_> {
+    arbiter::Claimant {
+        node,
+        incarnation: u64::from(crc32fast::hash(node.as_bytes())) + 1,
+    }
+}

@@ -1,0 +1,482 @@
+//! Serving: the output rule, the role changes it causes, and "serving
+//! alone", in one place for the primary and for a backup gone live.
+//!
+//! The recorder hands every output frame to the [`OutputGate`] with the seq
+//! of the entry that records it; the [`Releaser`] thread sends it once the
+//! node's authority allows ([`role::releasable_below`]): a protected primary
+//! needs the backup's ack, a node serving alone a live lease. The vCPU
+//! never waits for the network, except when more output is held than the
+//! bound allows.
+//!
+//! When the backup is lost, nothing more is released until the arbiter has
+//! answered: granted, the node serves alone under a lease it renews at
+//! heartbeat rate; denied (or a renewal refused), the node is deposed: the
+//! fence goes up, held output is dropped, the vCPU stops at its next exit.
+//! An arbiter error that no retry can change halts it the same way.
+
+use crate::arbitration::{worth_retrying, Arbitration};
+use crate::audit::{Audit, Via};
+use crate::node::ReleaseNow;
+use crate::replication::Replication;
+use crate::role::{after_claim, after_renew, releasable_below, Authority, Role, Verdict};
+use crate::status::Status;
+use anyhow::{Context, Result};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use vmm::{Input, OutputSink};
+
+/// The node's role as the network and its status see it: the XDP role
+/// (service frames steered here, egress fence down) and the status file.
+#[derive(Clone)]
+pub struct RoleControl {
+    pub xdp: Option<xdpnet::PortControl>,
+    pub status: Arc<Status>,
+}
+
+impl RoleControl {
+    /// Takes the service address: XDP role primary, a gratuitous ARP.
+    pub fn promote(&self, role: Role, generation: u64, out: &mut ReleaseNow) -> Result<()> {
+        self.status.generation.store(generation, Ordering::Relaxed);
+        if let Some(xdp) = &self.xdp {
+            xdp.set_role(xdpnet::Role::Primary)
+                .context("take the service role")?;
+        }
+        out.nic.announce().context("announce the service address")?;
+        self.status.set_role(role);
+        Ok(())
+    }
+
+    /// Raises the fence: nothing of the service leaves this host any more.
+    pub fn fence(&self, role: Role) {
+        if let Some(xdp) = &self.xdp {
+            if let Err(e) = xdp.set_role(xdpnet::Role::Backup) {
+                tracing::error!("raising the fence: {e}");
+            }
+        }
+        self.status.set_role(role);
+    }
+}
+
+struct Held {
+    seq: u64,
+    frame: Vec<u8>,
+    clock_ns: u64,
+}
+
+#[derive(Default)]
+struct Queue {
+    held: VecDeque<Held>,
+    /// No more output will come.
+    closed: bool,
+    /// The node was deposed: output is dropped, never held.
+    discarding: bool,
+}
+
+/// The recorder's output sink: frames wait here for the releaser.
+#[derive(Clone)]
+pub struct OutputGate {
+    queue: Arc<(Mutex<Queue>, Condvar)>,
+    max_held: usize,
+    stop: Arc<AtomicBool>,
+}
+
+impl OutputSink for OutputGate {
+    /// Holds the frame; while the gate is full the vCPU waits here (at an
+    /// exit, so the wait changes timing only, never a position).
+    fn output(&mut self, frame: Vec<u8>, seq: u64, clock_ns: u64) -> std::io::Result<()> {
+        self.hold(Held {
+            seq,
+            frame,
+            clock_ns,
+        });
+        Ok(())
+    }
+}
+
+impl OutputGate {
+    pub fn new(max_held: u64, stop: Arc<AtomicBool>) -> Self {
+        OutputGate {
+            queue: Arc::default(),
+            max_held: usize::try_from(max_held).unwrap_or(usize::MAX),
+            stop,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // Only whole frames are pushed and popped.
+        self.queue.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn hold(&self, held: Held) {
+        let (_, wake) = &*self.queue;
+        let mut queue = self.lock();
+        while queue.held.len() >= self.max_held
+            && !queue.discarding
+            && !self.stop.load(Ordering::Relaxed)
+        {
+            queue = wake
+                .wait_timeout(queue, Duration::from_millis(20))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        if !queue.discarding {
+            queue.held.push_back(held);
+        }
+        wake.notify_all();
+    }
+
+    /// Frames a backup gone live replayed but the primary may never have
+    /// released: held again, released once this node may release.
+    pub fn hold_again(&self, frames: impl IntoIterator<Item = (Vec<u8>, u64, u64)>) {
+        let mut queue = self.lock();
+        for (frame, seq, clock_ns) in frames {
+            queue.held.push_back(Held {
+                seq,
+                frame,
+                clock_ns,
+            });
+        }
+    }
+
+    /// No more output will come: the releaser finishes what it holds.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.queue.1.notify_all();
+    }
+
+    /// Drops everything held and everything to come.
+    fn discard(&self) {
+        let mut queue = self.lock();
+        queue.held.clear();
+        queue.discarding = true;
+        self.queue.1.notify_all();
+    }
+}
+
+/// How the releaser ended.
+#[derive(Debug)]
+pub enum ReleaserEnd {
+    /// Everything held was released (or the node is stopping).
+    Done,
+    /// The arbiter chose another node: we serve nothing.
+    Deposed {
+        generation: u64,
+        owner: Option<String>,
+    },
+    /// The arbiter could not be asked, for good: we serve nothing.
+    Halted(String),
+}
+
+/// What the releaser knows of its right to release.
+enum Mode {
+    Protected(Arc<Replication>),
+    Alone {
+        valid_until: Option<Instant>,
+        next_renewal: Instant,
+    },
+}
+
+pub struct Releaser {
+    pub gate: OutputGate,
+    pub out: ReleaseNow,
+    pub arbitration: Arbitration,
+    pub generation: u64,
+    /// The silence timeout: how long the backup's acks stay good without
+    /// hearing from it, and the lease asked of the arbiter.
+    pub silence: Duration,
+    /// How often a node serving alone renews its lease.
+    pub renew_every: Duration,
+    pub control: RoleControl,
+    /// Stops the vCPU when the node is deposed or halted.
+    pub vcpu: SyncSender<Input>,
+    pub stop: Arc<AtomicBool>,
+    pub audit: Arc<Audit>,
+}
+
+/// How long a clean stop waits for what is held to be released.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// The longest the releaser sleeps before looking again.
+const POLL: Duration = Duration::from_millis(20);
+
+impl Releaser {
+    /// Releases for a protected primary replicating over `link`.
+    pub fn spawn_protected(self, link: Arc<Replication>) -> JoinHandle<(ReleaserEnd, ReleaseNow)> {
+        std::thread::spawn(move || self.run(Mode::Protected(link)))
+    }
+
+    /// Releases for a node serving alone (it must renew a lease first).
+    pub fn spawn_alone(self) -> JoinHandle<(ReleaserEnd, ReleaseNow)> {
+        let mode = Mode::Alone {
+            valid_until: None,
+            next_renewal: Instant::now(),
+        };
+        std::thread::spawn(move || self.run(mode))
+    }
+
+    fn run(mut self, mut mode: Mode) -> (ReleaserEnd, ReleaseNow) {
+        let mut drain_deadline = None;
+        loop {
+            if let Err(end) = self.keep_authority(&mut mode) {
+                return (self.end(end), self.out);
+            }
+            let (authority, via) = match &mode {
+                Mode::Protected(link) => (
+                    Authority::Backup {
+                        acked: link.link().acked_seq(),
+                        heard_at: link.link().last_heard(),
+                        silence: self.silence,
+                    },
+                    Via::Ack,
+                ),
+                Mode::Alone { valid_until, .. } => (
+                    Authority::Lease {
+                        valid_until: *valid_until,
+                    },
+                    Via::Lease,
+                ),
+            };
+            let below = releasable_below(authority, Instant::now());
+            let (released, waiting_for, closed) = self.release_below(below, via);
+            if let (Some(seq), Mode::Protected(link)) = (released, &mode) {
+                let _ = link.link().send_released(seq);
+            }
+            match (waiting_for, closed) {
+                (None, true) => return (ReleaserEnd::Done, self.out),
+                (Some(_), true)
+                    if Instant::now()
+                        > *drain_deadline.get_or_insert(Instant::now() + DRAIN_LIMIT) =>
+                {
+                    tracing::warn!("stopping with output that could not be released");
+                    return (ReleaserEnd::Done, self.out);
+                }
+                (Some(seq), _) => match &mode {
+                    Mode::Protected(link) => {
+                        link.link().wait_acked(seq, POLL);
+                    }
+                    Mode::Alone { next_renewal, .. } => std::thread::sleep(
+                        next_renewal
+                            .saturating_duration_since(Instant::now())
+                            .min(POLL),
+                    ),
+                },
+                (None, false) => self.wait_for_output(),
+            }
+        }
+    }
+
+    /// Keeps the authority to release current: asks the arbiter when the
+    /// backup is lost, renews the lease when due.
+    fn keep_authority(&mut self, mode: &mut Mode) -> Result<(), ReleaserEnd> {
+        match mode {
+            Mode::Protected(link) => {
+                let Some(reason) = link.link().failure() else {
+                    return Ok(());
+                };
+                link.stop_replicating();
+                tracing::warn!(%reason, generation = self.generation,
+                    "lost the backup; asking the arbiter before releasing more output");
+                let outcome = self
+                    .arbitration
+                    .claim(self.generation, &self.stop)
+                    .map_err(|e| ReleaserEnd::Halted(format!("{e:#}")))?;
+                match after_claim(outcome) {
+                    Verdict::Serve { generation } => {
+                        tracing::info!(generation, "the arbiter chose us: serving alone");
+                        self.generation = generation;
+                        self.control
+                            .status
+                            .generation
+                            .store(generation, Ordering::Relaxed);
+                        self.control.status.set_role(Role::Alone);
+                        *mode = Mode::Alone {
+                            valid_until: None,
+                            next_renewal: Instant::now(),
+                        };
+                        Ok(())
+                    }
+                    Verdict::Deposed { generation, owner } => {
+                        Err(ReleaserEnd::Deposed { generation, owner })
+                    }
+                }
+            }
+            Mode::Alone {
+                valid_until,
+                next_renewal,
+            } => {
+                if Instant::now() < *next_renewal {
+                    return Ok(());
+                }
+                let asked_at = Instant::now();
+                *next_renewal = asked_at + self.renew_every;
+                match self.arbitration.renew(self.generation, self.silence) {
+                    Ok(outcome) => match (after_renew(outcome.clone()), outcome) {
+                        (Verdict::Serve { .. }, arbiter::RenewOutcome::Leased { lease_ms, .. }) => {
+                            if valid_until.is_none_or(|until| until <= asked_at) {
+                                tracing::info!(
+                                    generation = self.generation,
+                                    lease_ms,
+                                    "holding the arbiter's lease"
+                                );
+                                self.control.status.set_alarm("");
+                            }
+                            *valid_until = Some(asked_at + Duration::from_millis(lease_ms.into()));
+                            Ok(())
+                        }
+                        (Verdict::Deposed { generation, owner }, _) => {
+                            Err(ReleaserEnd::Deposed { generation, owner })
+                        }
+                        (Verdict::Serve { .. }, denied) => Err(ReleaserEnd::Halted(format!(
+                            "unexpected renewal answer {denied:?}"
+                        ))),
+                    },
+                    Err(e) if worth_retrying(&e) => {
+                        if valid_until.is_some_and(|until| until <= Instant::now()) {
+                            self.control.status.set_alarm(&format!(
+                                "lease expired, releasing nothing: cannot renew at {}: {e}",
+                                self.arbitration.addr()
+                            ));
+                        }
+                        tracing::warn!("renewing the lease: {e}");
+                        Ok(())
+                    }
+                    Err(e) => Err(ReleaserEnd::Halted(format!(
+                        "renewing the lease at {}: {e}",
+                        self.arbitration.addr()
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Fences the node for an end that is not `Done`.
+    fn end(&mut self, end: ReleaserEnd) -> ReleaserEnd {
+        let role = match &end {
+            ReleaserEnd::Done => return end,
+            ReleaserEnd::Deposed { generation, owner } => {
+                tracing::error!(
+                    generation,
+                    ?owner,
+                    "the arbiter gave the service to another node: deposed"
+                );
+                Role::Deposed
+            }
+            ReleaserEnd::Halted(why) => {
+                tracing::error!("cannot ask the arbiter, halting: {why}");
+                self.control.status.set_alarm(why);
+                Role::Halted
+            }
+        };
+        self.control.fence(role);
+        self.gate.discard();
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.vcpu.send(Input::Stop);
+        end
+    }
+
+    /// Sends every held frame with `seq < below`; returns the last seq
+    /// released, the first seq still held, and whether the gate is closed.
+    fn release_below(&mut self, below: u64, via: Via) -> (Option<u64>, Option<u64>, bool) {
+        let mut ready = Vec::new();
+        let (waiting_for, closed, held) = {
+            let mut queue = self.gate.lock();
+            while queue.held.front().is_some_and(|h| h.seq < below) {
+                ready.push(queue.held.pop_front().expect("front exists"));
+            }
+            (
+                queue.held.front().map(|h| h.seq),
+                queue.closed,
+                queue.held.len(),
+            )
+        };
+        if !ready.is_empty() {
+            self.gate.queue.1.notify_all();
+        }
+        let status = &self.control.status;
+        status.held_outputs.store(held as u64, Ordering::Relaxed);
+        if via == Via::Ack {
+            status
+                .acked
+                .store(below.saturating_sub(1), Ordering::Relaxed);
+        }
+        let last = ready.last().map(|h| h.seq);
+        if let Some(seq) = last {
+            // Recorded before the frames leave: the record never misses one.
+            self.audit.released(self.generation, seq, ready.len(), via);
+        }
+        for held in &ready {
+            if let Err(e) = self.out.send(&held.frame, held.clock_ns) {
+                tracing::error!("writing released output: {e}");
+            }
+        }
+        if !ready.is_empty() {
+            self.out.flush();
+        }
+        (last, waiting_for, closed)
+    }
+
+    fn wait_for_output(&self) {
+        let queue = self.gate.lock();
+        if queue.held.is_empty() && !queue.closed {
+            let _ = self.gate.queue.1.wait_timeout(queue, POLL);
+        }
+    }
+}
+
+/// Exit code of a node that the arbiter told to stop serving.
+pub const EXIT_DEPOSED: u8 = 4;
+
+/// What the end of the releaser means for the node's exit: `None` if the
+/// run ended normally (the guest's own result decides).
+pub fn releaser_exit(end: &ReleaserEnd) -> Option<std::process::ExitCode> {
+    match end {
+        ReleaserEnd::Done => None,
+        ReleaserEnd::Deposed { generation, owner } => {
+            eprintln!(
+                "agent: deposed: the arbiter gave generation {generation} to {owner:?}; \
+                 nothing more was released"
+            );
+            Some(std::process::ExitCode::from(EXIT_DEPOSED))
+        }
+        ReleaserEnd::Halted(why) => {
+            eprintln!("agent: halted with the fence up: {why}");
+            Some(std::process::ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Runs the guest until it stops, then ends the releaser and the node: the
+/// one ending of every serving run, primary or backup gone live.
+pub fn finish_serving(
+    recorder: vmm::Recorder,
+    mut log: crate::node::NodeLog,
+    gate: OutputGate,
+    releaser: JoinHandle<(ReleaserEnd, ReleaseNow)>,
+    node: crate::node::Node,
+    status: &Status,
+) -> Result<std::process::ExitCode> {
+    let result = recorder.run(&mut log, &mut gate.clone());
+    gate.close();
+    let joined = releaser.join();
+    let log_bytes = log.finish()?;
+    if let Some(replication) = log.link.take() {
+        if let Ok(replication) = Arc::try_unwrap(replication) {
+            replication.close();
+        }
+    }
+    let drops = node.finish();
+    let (end, out) = joined.map_err(|_| anyhow::anyhow!("the releaser thread panicked"))?;
+    if let Some(code) = releaser_exit(&end) {
+        return Ok(code);
+    }
+    Ok(crate::node::conclude(
+        status,
+        &result?,
+        drops,
+        out.send_errors,
+        log_bytes,
+    ))
+}

@@ -330,12 +330,9 @@ async fn start(accepted: &mut Accepted, shared: &Arc<Shared>) -> Result<u64, Str
         reject(&mut accepted.writer, &reason).await;
         return Err(reason);
     }
-    // Claimed before answering: from now on no other primary is accepted.
-    if shared.had_session.swap(true, Ordering::SeqCst) {
-        let reason = "this backup already replicates a primary".to_string();
-        reject(&mut accepted.writer, &reason).await;
-        return Err(reason);
-    }
+    // Set before answering: from now on no other primary is accepted (the
+    // session slot already keeps any other out of this point).
+    shared.had_session.store(true, Ordering::SeqCst);
     let mut out = Vec::new();
     encode(&Message::Start { generation }, &mut out);
     accepted
@@ -464,9 +461,11 @@ async fn read_entries(
             Message::Released { seq } => Delivery::Released(seq),
             Message::Heartbeat {
                 generation: theirs, ..
-            } if theirs != generation => return LinkError::Protocol(format!(
+            } if theirs != generation => {
+                return LinkError::Protocol(format!(
                 "the primary's heartbeat carries generation {theirs}; this session is {generation}"
-            )),
+            ))
+            }
             Message::Heartbeat { .. } => continue,
             other => {
                 return LinkError::Protocol(format!(

@@ -390,9 +390,11 @@ async fn read_acks(
         match message {
             Message::Heartbeat {
                 generation: theirs, ..
-            } if theirs != generation => return LinkError::Protocol(format!(
+            } if theirs != generation => {
+                return LinkError::Protocol(format!(
                 "the backup's heartbeat carries generation {theirs}; this session is {generation}"
-            )),
+            ))
+            }
             Message::Heartbeat { .. } => {}
             Message::Ack { seq } => {
                 progress = Instant::now();

@@ -1,10 +1,13 @@
-//! The log channel over real TCP on 127.0.0.1: handshakes, streaming with
-//! acks, hostile connections and silent peers. Every wait is bounded; no
-//! test asserts on timing.
+//! The log channel over real TCP on 127.0.0.1: handshakes, the start of a
+//! session, streaming with acks, hostile connections, silent and stuck
+//! peers. Every wait is bounded in count and time; no test asserts on
+//! timing.
 
 use ftlog::{Entry, Payload, Position};
 use logchannel::wire::{encode, Message};
-use logchannel::{BackupListener, Config, Event, Hello, LinkError, PrimaryLink};
+use logchannel::{
+    BackupListener, Config, Event, Hello, LinkError, PrimaryLink, Verify, MAX_BODY_LEN,
+};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,9 +19,23 @@ const IMAGE: [u8; 32] = [0x11; 32];
 const GUEST_CONFIG: [u8; 32] = [0x22; 32];
 /// Generous bound for anything that should happen soon on a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(60);
+/// How often a bounded wait looks again.
+const POLL: Duration = Duration::from_millis(10);
+/// Why a backup refuses a primary while another one holds its session slot.
+const BUSY: &str = "another primary is already replicating";
 
 fn hello(node: &str) -> Hello {
     Hello::new(IMAGE, GUEST_CONFIG, node, 1)
+}
+
+/// `hello` as a link with `config` sends it: with that config's timing.
+fn timed(hello: Hello, config: &Config) -> Hello {
+    let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap();
+    Hello {
+        heartbeat_ms: ms(config.heartbeat_interval),
+        silence_ms: ms(config.silence_timeout),
+        ..hello
+    }
 }
 
 /// Timeouts loose enough that a busy machine never trips them by accident.
@@ -26,12 +43,80 @@ fn relaxed() -> Config {
     Config {
         silence_timeout: Duration::from_secs(20),
         handshake_timeout: Duration::from_secs(20),
+        start_timeout: Duration::from_secs(20),
         ..Config::default()
+    }
+}
+
+/// `relaxed`, but a peer that sends nothing, or a backup that acks
+/// nothing, is lost after 300 ms.
+fn impatient() -> Config {
+    Config {
+        heartbeat_interval: Duration::from_millis(50),
+        silence_timeout: Duration::from_millis(300),
+        ..relaxed()
     }
 }
 
 fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
+}
+
+fn accept_all() -> Verify {
+    Arc::new(|_: &Hello, _: u64| -> Result<(), String> { Ok(()) })
+}
+
+/// A backup named "backup" that accepts every generation.
+fn listen(config: Config) -> BackupListener {
+    BackupListener::bind(localhost(), hello("backup"), config, accept_all()).unwrap()
+}
+
+/// Both halves of the handshake: hellos, then the start of `generation`.
+fn connect(
+    addr: SocketAddr,
+    hello: Hello,
+    config: Config,
+    generation: u64,
+) -> Result<PrimaryLink, LinkError> {
+    PrimaryLink::connect(addr, hello, config)?.start(generation)
+}
+
+/// `connect`, retried while the backup still holds the session slot of a
+/// connection that just ended: the slot is freed just after the end is
+/// reported to either side.
+fn connect_once_free(
+    addr: SocketAddr,
+    hello: &Hello,
+    config: &Config,
+    generation: u64,
+) -> Result<PrimaryLink, LinkError> {
+    eventually(
+        || match connect(addr, hello.clone(), config.clone(), generation) {
+            Err(LinkError::HandshakeRefused(reason)) if reason.contains(BUSY) => None,
+            outcome => Some(outcome),
+        },
+    )
+    .expect("the backup never freed its session slot")
+}
+
+/// Polls `probe` until it yields a value; `None` after [`PATIENCE`].
+fn eventually<T>(mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + PATIENCE;
+    for _ in 0..PATIENCE.as_millis() / POLL.as_millis() {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        thread::sleep(POLL);
+    }
+    None
+}
+
+/// Why `primary` died, once it has.
+fn wait_for_failure(primary: &PrimaryLink) -> LinkError {
+    eventually(|| primary.failure()).expect("the link never failed")
 }
 
 fn entry(seq: u64) -> Entry {
@@ -76,23 +161,23 @@ fn logs() -> &'static Mutex<Vec<u8>> {
     })
 }
 
+fn log_text() -> String {
+    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
+}
+
 /// Waits for a log line containing every one of `parts`.
 fn expect_log(parts: &[&str]) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let text = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
-        if text
+    let found = eventually(|| {
+        log_text()
             .lines()
             .any(|line| parts.iter().all(|part| line.contains(part)))
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no log line with {parts:?} in:\n{text}"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
+            .then_some(())
+    });
+    assert!(
+        found.is_some(),
+        "no log line with {parts:?} in:\n{}",
+        log_text()
+    );
 }
 
 fn next_event(backup: &mut BackupListener) -> Event {
@@ -100,6 +185,16 @@ fn next_event(backup: &mut BackupListener) -> Event {
         .next(PATIENCE)
         .expect("listener alive")
         .expect("an event within the patience bound")
+}
+
+/// The next event, which must be `Connected`: its hello and generation.
+fn next_connected(backup: &mut BackupListener) -> (Hello, u64) {
+    match next_event(backup) {
+        Event::Connected {
+            hello, generation, ..
+        } => (hello, generation),
+        other => panic!("expected Connected, got {other:?}"),
+    }
 }
 
 /// What a replay thread saw.
@@ -154,22 +249,153 @@ fn assert_entries(entries: &[Entry], count: u64) {
     }
 }
 
+fn encoded(message: &Message) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(message, &mut out);
+    out
+}
+
+// Raw peers speaking the wire format themselves.
+
+fn send(stream: &mut TcpStream, message: &Message) {
+    stream.write_all(&encoded(message)).unwrap();
+}
+
+/// Reads one message (`tag body_len:u32 crc:u32 body`) as its bytes.
+fn read_encoded(stream: &mut TcpStream) -> Vec<u8> {
+    const HEADER: usize = 1 + 4 + 4;
+    let mut message = vec![0u8; HEADER];
+    stream.read_exact(&mut message).unwrap();
+    let len = u32::from_le_bytes(message[1..5].try_into().unwrap()) as usize;
+    assert!(len <= MAX_BODY_LEN, "a {len}-byte body");
+    message.resize(HEADER + len, 0);
+    stream.read_exact(&mut message[HEADER..]).unwrap();
+    message
+}
+
+/// Reads the next message, which must be `expected`, byte for byte.
+fn expect_message(stream: &mut TcpStream, expected: &Message) {
+    assert_eq!(
+        read_encoded(stream),
+        encoded(expected),
+        "expected {expected:?}"
+    );
+}
+
+/// Reads and discards until the peer closes the connection.
+fn wait_closed(stream: &mut TcpStream) {
+    let deadline = Instant::now() + PATIENCE;
+    let mut sink = [0u8; 4096];
+    for _ in 0..100_000 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "the peer never closed the connection");
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("the peer did not close the connection: {e}"),
+        }
+    }
+    panic!("the peer kept sending and never closed the connection");
+}
+
+/// A raw primary named `node` that completes the handshake with the
+/// backup at `addr` (named "backup", with the timing of `config`) under
+/// `generation`; the test then sends what it likes.
+fn fake_primary(addr: SocketAddr, node: &str, config: &Config, generation: u64) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    send(&mut stream, &Message::Hello(timed(hello(node), config)));
+    expect_message(&mut stream, &Message::Hello(timed(hello("backup"), config)));
+    send(&mut stream, &Message::Start { generation });
+    expect_message(&mut stream, &Message::Start { generation });
+    stream
+}
+
+/// The generation a primary must claim at a fake backup.
+const FAKE_GENERATION: u64 = 7;
+
+/// What a fake backup does once it has answered the hello.
+#[derive(Clone, Copy)]
+enum Fake {
+    /// Nothing more (the primary is expected to hang up).
+    HelloOnly,
+    /// Confirms the start of [`FAKE_GENERATION`], then says nothing.
+    Mute,
+    /// Confirms the start, then sends a heartbeat carrying `generation`
+    /// every 50 ms and never acks.
+    Heartbeats { generation: u64 },
+}
+
+/// A raw backup for one primary named "primary" with the timing of
+/// `config`: it answers that primary's hello with `reply` (given the same
+/// timing), then behaves as `fake` says until the primary hangs up.
+fn fake_backup(config: &Config, reply: Hello, fake: Fake) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind(localhost()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = config.clone();
+    let fake = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        expect_message(
+            &mut stream,
+            &Message::Hello(timed(hello("primary"), &config)),
+        );
+        send(&mut stream, &Message::Hello(timed(reply, &config)));
+        let start = Message::Start {
+            generation: FAKE_GENERATION,
+        };
+        match fake {
+            Fake::HelloOnly => {}
+            Fake::Mute => {
+                expect_message(&mut stream, &start);
+                send(&mut stream, &start);
+            }
+            Fake::Heartbeats { generation } => {
+                expect_message(&mut stream, &start);
+                send(&mut stream, &start);
+                // Until the primary hangs up, which makes a write fail.
+                let beats = PATIENCE.as_millis() / 50;
+                for counter in 0..beats as u64 {
+                    thread::sleep(Duration::from_millis(50));
+                    let beat = encoded(&Message::Heartbeat {
+                        counter,
+                        generation,
+                    });
+                    if stream.write_all(&beat).is_err() {
+                        return;
+                    }
+                }
+                panic!("the primary never hung up on a backup that acks nothing");
+            }
+        }
+        wait_closed(&mut stream);
+    });
+    (addr, fake)
+}
+
 #[test]
 fn handshake_streams_and_closes_cleanly() {
     logs();
-    let mut backup = BackupListener::bind(localhost(), hello("backup"), relaxed()).unwrap();
-    let primary = PrimaryLink::connect(
+    let mut backup = listen(relaxed());
+    let pending = PrimaryLink::connect(
         backup.local_addr(),
         Hello::new(IMAGE, GUEST_CONFIG, "primary", 3),
         relaxed(),
     )
     .unwrap();
+    // Each side sends its hello with the timing of its own config.
+    assert_eq!(*pending.peer_hello(), timed(hello("backup"), &relaxed()));
+    let primary = pending.start(9).unwrap();
     assert_eq!(primary.peer_hello().node, "backup");
 
-    let Event::Connected { hello, .. } = next_event(&mut backup) else {
-        panic!("first event is not Connected")
-    };
-    assert_eq!((hello.node.as_str(), hello.generation), ("primary", 3));
+    let (hello, generation) = next_connected(&mut backup);
+    assert_eq!(
+        hello,
+        timed(Hello::new(IMAGE, GUEST_CONFIG, "primary", 3), &relaxed())
+    );
+    assert_eq!((hello.incarnation, generation), (3, 9));
 
     primary.send_entry(&entry(0)).unwrap();
     let Event::Entry(got) = next_event(&mut backup) else {
@@ -194,14 +420,24 @@ fn handshake_streams_and_closes_cleanly() {
 #[test]
 fn mismatched_hellos_are_refused_with_the_reason_on_both_sides() {
     logs();
-    let mut backup = BackupListener::bind(localhost(), hello("backup"), relaxed()).unwrap();
+    let mut backup = listen(relaxed());
+    let slower = Config {
+        silence_timeout: Duration::from_secs(19),
+        ..relaxed()
+    };
+    // What the primary sends, with which timing, the name the backup logs
+    // it under, and the reason it gives.
     let cases = [
         (
             Hello::new([0xab; 32], GUEST_CONFIG, "wrong-image", 1),
+            relaxed(),
+            "\"wrong-image\"",
             "guest image differs: primary abababababababab…, backup 1111111111111111…",
         ),
         (
             Hello::new(IMAGE, [0xcd; 32], "wrong-config", 1),
+            relaxed(),
+            "\"wrong-config\"",
             "guest configuration differs: primary cdcdcdcdcdcdcdcd…, backup 2222222222222222…",
         ),
         (
@@ -209,12 +445,28 @@ fn mismatched_hellos_are_refused_with_the_reason_on_both_sides() {
                 protocol_version: logchannel::PROTOCOL_VERSION + 1,
                 ..hello("wrong-version")
             },
+            relaxed(),
+            // Nothing but the version of another protocol's hello is read.
+            "\"?\"",
             "protocol version differs",
         ),
+        (
+            hello("backup"),
+            relaxed(),
+            "\"backup\"",
+            "both nodes are named \"backup\": each node needs its own name",
+        ),
+        (
+            hello("wrong-timing"),
+            slower,
+            "\"wrong-timing\"",
+            "timing differs: primary heartbeat 50 ms, silence 19000 ms; \
+             backup heartbeat 50 ms, silence 20000 ms",
+        ),
     ];
-    for (bad, reason) in cases {
+    for (bad, config, logged_as, reason) in cases {
         let node = bad.node.clone();
-        match PrimaryLink::connect(backup.local_addr(), bad, relaxed()) {
+        match connect(backup.local_addr(), bad, config, 1) {
             Err(LinkError::HandshakeRefused(got)) => assert!(got.contains(reason), "{node}: {got}"),
             Err(other) => panic!("{node}: expected HandshakeRefused, got {other}"),
             Ok(_) => panic!("{node}: accepted"),
@@ -222,28 +474,103 @@ fn mismatched_hellos_are_refused_with_the_reason_on_both_sides() {
         expect_log(&[
             "WARN",
             "refused connection",
-            &node,
+            logged_as,
             reason,
             "peer=127.0.0.1:",
         ]);
         expect_log(&["ERROR", "handshake refused by the backup", reason]);
     }
-    // None of them reached the replay thread, and a matching primary still gets in.
-    let _primary = PrimaryLink::connect(backup.local_addr(), hello("good"), relaxed()).unwrap();
-    let Event::Connected { hello, .. } = next_event(&mut backup) else {
-        panic!("first event is not Connected")
-    };
+    // None of them reached the replay thread or counts as a session, and
+    // a matching primary still gets in.
+    let _primary = connect(backup.local_addr(), hello("good"), relaxed(), 1).unwrap();
+    let (hello, _) = next_connected(&mut backup);
     assert_eq!(hello.node, "good");
+}
+
+#[test]
+fn a_rejected_generation_starts_no_session() {
+    logs();
+    let checked = Arc::new(Mutex::new(Vec::new()));
+    let verify: Verify = {
+        let checked = checked.clone();
+        Arc::new(move |hello: &Hello, generation: u64| {
+            checked
+                .lock()
+                .unwrap()
+                .push((hello.node.clone(), generation));
+            match generation {
+                3 => Err("generation 3 belongs to x".to_string()),
+                _ => Ok(()),
+            }
+        })
+    };
+    let mut backup = BackupListener::bind(localhost(), hello("backup"), relaxed(), verify).unwrap();
+    let addr = backup.local_addr();
+
+    // The hellos match, so the refusal comes with the start.
+    let stale = PrimaryLink::connect(addr, hello("stale"), relaxed()).unwrap();
+    match stale.start(3) {
+        Err(LinkError::HandshakeRefused(reason)) => {
+            assert!(reason.contains("generation 3 belongs to x"), "{reason}")
+        }
+        other => panic!("generation 3: {:?}", other.map(|_| "accepted")),
+    }
+    expect_log(&[
+        "WARN",
+        "refused the session: generation 3 belongs to x",
+        "node=stale",
+    ]);
+    expect_log(&[
+        "ERROR",
+        "did not start the session",
+        "handshake refused by the backup: generation 3 belongs to x",
+    ]);
+
+    // A generation the verifier accepts still gets in, and its Connected
+    // is the first event: there was none for the refused one.
+    let fresh = connect_once_free(addr, &hello("fresh"), &relaxed(), 4).unwrap();
+    let (hello, generation) = next_connected(&mut backup);
+    assert_eq!((hello.node.as_str(), generation), ("fresh", 4));
+    fresh.send_entry(&entry(0)).unwrap();
+    assert!(matches!(next_event(&mut backup), Event::Entry(_)));
+    assert_eq!(
+        *checked.lock().unwrap(),
+        [("stale".to_string(), 3), ("fresh".to_string(), 4)]
+    );
+}
+
+#[test]
+fn a_primary_that_never_starts_does_not_count_as_a_session() {
+    logs();
+    let mut backup = listen(Config {
+        start_timeout: Duration::from_secs(1),
+        ..relaxed()
+    });
+    let addr = backup.local_addr();
+    let dawdler = PrimaryLink::connect(addr, hello("dawdler"), relaxed()).unwrap();
+    expect_log(&[
+        "WARN",
+        "refused the session: no start within 1s",
+        "node=dawdler",
+    ]);
+    assert!(
+        dawdler.start(1).is_err(),
+        "started after the backup gave up"
+    );
+
+    let _primary = connect_once_free(addr, &hello("primary"), &relaxed(), 2).unwrap();
+    let (hello, generation) = next_connected(&mut backup);
+    assert_eq!((hello.node.as_str(), generation), ("primary", 2));
 }
 
 #[test]
 fn a_hundred_thousand_entries_are_pipelined_and_acked() {
     logs();
     const COUNT: u64 = 100_000;
-    let backup = BackupListener::bind(localhost(), hello("backup"), relaxed()).unwrap();
+    let backup = listen(relaxed());
     let addr = backup.local_addr();
     let (_, replayer) = replay(backup, Some(COUNT - 1));
-    let primary = PrimaryLink::connect(addr, hello("primary"), relaxed()).unwrap();
+    let primary = connect(addr, hello("primary"), relaxed(), 1).unwrap();
 
     // The sender never waits for the network.
     for seq in 0..COUNT {
@@ -274,35 +601,31 @@ fn rogue(addr: SocketAddr, bytes: &[u8], half_close: bool) -> String {
     if half_close {
         stream.shutdown(Shutdown::Write).unwrap();
     }
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut sink = [0u8; 1024];
-    loop {
-        match stream.read(&mut sink) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("rogue {local}: backup did not close the connection: {e}"),
-        }
-    }
+    wait_closed(&mut stream);
     local
 }
 
-fn encoded(message: &Message) -> Vec<u8> {
-    let mut out = Vec::new();
-    encode(message, &mut out);
-    out
+/// `connect` that must be refused, with a reason containing `expected`.
+fn assert_refused(addr: SocketAddr, hello: Hello, expected: &str) {
+    let node = hello.node.clone();
+    match connect(addr, hello, relaxed(), 1) {
+        Err(LinkError::HandshakeRefused(reason)) => {
+            assert!(reason.contains(expected), "{node}: {reason}")
+        }
+        other => panic!("{node}: {:?}", other.map(|_| "accepted")),
+    }
 }
 
 #[test]
 fn hostile_connections_are_closed_while_the_session_streams_on() {
     logs();
     const BURST: u64 = 2_000;
-    let backup = BackupListener::bind(localhost(), hello("backup"), relaxed()).unwrap();
+    let backup = listen(relaxed());
     let addr = backup.local_addr();
     let (stop, replayer) = replay(backup, None);
-    let primary = PrimaryLink::connect(addr, hello("primary"), relaxed()).unwrap();
+    let primary = connect(addr, hello("primary"), relaxed(), 1).unwrap();
 
-    let good_hello = encoded(&Message::Hello(hello("rogue")));
+    let good_hello = encoded(&Message::Hello(timed(hello("rogue"), &relaxed())));
     let mut bad_checksum = good_hello.clone();
     *bad_checksum.last_mut().unwrap() ^= 1;
     let mut oversize = good_hello.clone();
@@ -329,28 +652,12 @@ fn hostile_connections_are_closed_while_the_session_streams_on() {
         Box::new(move || (rogue(addr, &oversize, false), "over the 65536-byte limit")),
         Box::new(move || {
             let wrong = Hello::new([0xee; 32], GUEST_CONFIG, "rogue-image", 1);
-            match PrimaryLink::connect(addr, wrong, relaxed()) {
-                Err(LinkError::HandshakeRefused(reason)) => {
-                    assert!(reason.contains("guest image differs"), "{reason}")
-                }
-                other => panic!("wrong image: {:?}", other.map(|_| "accepted")),
-            }
+            assert_refused(addr, wrong, "guest image differs");
             ("\"rogue-image\"".to_string(), "guest image differs")
         }),
         Box::new(move || {
-            match PrimaryLink::connect(addr, hello("rogue-twin"), relaxed()) {
-                Err(LinkError::HandshakeRefused(reason)) => {
-                    assert!(
-                        reason.contains("another primary is already replicating"),
-                        "{reason}"
-                    )
-                }
-                other => panic!("second primary: {:?}", other.map(|_| "accepted")),
-            }
-            (
-                "\"rogue-twin\"".to_string(),
-                "another primary is already replicating",
-            )
+            assert_refused(addr, hello("rogue-twin"), BUSY);
+            ("\"rogue-twin\"".to_string(), BUSY)
         }),
     ];
 
@@ -379,25 +686,19 @@ fn hostile_connections_are_closed_while_the_session_streams_on() {
 }
 
 #[test]
-fn a_second_primary_is_refused_until_the_first_is_gone() {
+fn a_backup_replicates_one_primary_in_its_lifetime() {
     logs();
-    let mut backup = BackupListener::bind(localhost(), hello("backup"), relaxed()).unwrap();
-    let first = PrimaryLink::connect(backup.local_addr(), hello("first"), relaxed()).unwrap();
-    assert!(matches!(next_event(&mut backup), Event::Connected { .. }));
+    let mut backup = listen(relaxed());
+    let addr = backup.local_addr();
+    let first = connect(addr, hello("first"), relaxed(), 1).unwrap();
+    assert_eq!(next_connected(&mut backup).0.node, "first");
 
-    match PrimaryLink::connect(backup.local_addr(), hello("second"), relaxed()) {
-        Err(LinkError::HandshakeRefused(reason)) => assert!(
-            reason.contains("another primary is already replicating: \"first\" at 127.0.0.1:"),
-            "{reason}"
-        ),
-        other => panic!("second primary: {:?}", other.map(|_| "accepted")),
-    }
-    expect_log(&[
-        "WARN",
-        "refused connection",
-        "\"second\"",
-        "already replicating",
-    ]);
+    assert_refused(
+        addr,
+        hello("second"),
+        "another primary is already replicating: \"first\" at 127.0.0.1:",
+    );
+    expect_log(&["WARN", "refused connection", "\"second\"", BUSY]);
 
     // The first session is undisturbed.
     first.send_entry(&entry(0)).unwrap();
@@ -407,42 +708,36 @@ fn a_second_primary_is_refused_until_the_first_is_gone() {
 
     first.close(PATIENCE).unwrap();
     assert!(matches!(next_event(&mut backup), Event::PrimaryLost { .. }));
-    // The slot is freed just after the loss is reported; retry briefly.
-    let deadline = Instant::now() + PATIENCE;
-    let _second = loop {
-        match PrimaryLink::connect(backup.local_addr(), hello("second"), relaxed()) {
-            Ok(link) => break link,
-            Err(e) => assert!(
-                Instant::now() < deadline,
-                "second primary never admitted: {e}"
-            ),
+    // Once the first session is over, its replica must not be overwritten.
+    match connect_once_free(addr, &hello("second"), &relaxed(), 2) {
+        Err(LinkError::HandshakeRefused(reason)) => {
+            assert!(
+                reason.contains("lost the primary it replicated"),
+                "{reason}"
+            )
         }
-        thread::sleep(Duration::from_millis(10));
-    };
-    let Event::Connected { hello, .. } = next_event(&mut backup) else {
-        panic!("expected Connected")
-    };
-    assert_eq!(hello.node, "second");
+        other => panic!("second primary: {:?}", other.map(|_| "accepted")),
+    }
+    expect_log(&[
+        "WARN",
+        "refused connection",
+        "\"second\"",
+        "lost the primary it replicated",
+    ]);
 }
 
 #[test]
 fn a_silent_primary_is_lost() {
     logs();
-    let backup_config = Config {
-        silence_timeout: Duration::from_millis(300),
-        ..relaxed()
-    };
-    let mut backup = BackupListener::bind(localhost(), hello("backup"), backup_config).unwrap();
-    // A primary that stops sending but keeps its socket open: no heartbeats.
-    let mute = Config {
-        heartbeat_interval: Duration::from_secs(3600),
-        ..relaxed()
-    };
-    let primary = PrimaryLink::connect(backup.local_addr(), hello("mute"), mute).unwrap();
+    let mut backup = listen(impatient());
+    // A primary that sends entries, then nothing, not even heartbeats,
+    // while keeping its socket open.
+    let mut primary = fake_primary(backup.local_addr(), "mute", &impatient(), 1);
     for seq in 0..3 {
-        primary.send_entry(&entry(seq)).unwrap();
+        send(&mut primary, &Message::Entry(entry(seq)));
     }
-    assert!(matches!(next_event(&mut backup), Event::Connected { .. }));
+    let (hello, generation) = next_connected(&mut backup);
+    assert_eq!((hello.node.as_str(), generation), ("mute", 1));
     for seq in 0..3 {
         match next_event(&mut backup) {
             Event::Entry(got) => assert_eq!(got, entry(seq)),
@@ -456,43 +751,60 @@ fn a_silent_primary_is_lost() {
         other => panic!("expected PrimaryLost(Silent), got {other:?}"),
     }
     expect_log(&["WARN", "primary lost: no message from the peer for 300ms"]);
-    // The backup hung up, which the primary notices.
-    let deadline = Instant::now() + PATIENCE;
-    while primary.failure().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the primary never saw the backup go"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
-    assert!(primary.failure().is_some());
+    // The backup hangs up.
+    wait_closed(&mut primary);
 }
 
-/// A fake backup that answers the handshake with `reply`, then says
-/// nothing while keeping the socket open until the primary hangs up.
-fn mute_backup(reply: Hello) -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind(localhost()).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let fake = thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
-        let mut buf = [0u8; 4096];
-        assert!(stream.read(&mut buf).unwrap() > 0, "no hello");
-        stream.write_all(&encoded(&Message::Hello(reply))).unwrap();
-        while stream.read(&mut buf).is_ok_and(|n| n > 0) {}
-    });
-    (addr, fake)
+#[test]
+fn a_heartbeat_of_another_generation_ends_the_session() {
+    logs();
+    // From the primary: the backup drops the session.
+    let mut backup = listen(relaxed());
+    let mut confused = fake_primary(backup.local_addr(), "confused", &relaxed(), 5);
+    send(
+        &mut confused,
+        &Message::Heartbeat {
+            counter: 0,
+            generation: 4,
+        },
+    );
+    assert_eq!(next_connected(&mut backup).1, 5);
+    match next_event(&mut backup) {
+        Event::PrimaryLost {
+            reason: LinkError::Protocol(reason),
+        } => assert!(
+            reason.contains("the primary's heartbeat carries generation 4; this session is 5"),
+            "{reason}"
+        ),
+        other => panic!("expected PrimaryLost(Protocol), got {other:?}"),
+    }
+    wait_closed(&mut confused);
+
+    // From the backup: the primary's link dies.
+    let (addr, fake) = fake_backup(
+        &relaxed(),
+        hello("confused-backup"),
+        Fake::Heartbeats {
+            generation: FAKE_GENERATION + 1,
+        },
+    );
+    let primary = connect(addr, hello("primary"), relaxed(), FAKE_GENERATION).unwrap();
+    match wait_for_failure(&primary) {
+        LinkError::Protocol(reason) => assert!(
+            reason.contains("the backup's heartbeat carries generation 8; this session is 7"),
+            "{reason}"
+        ),
+        other => panic!("expected a protocol error, got {other}"),
+    }
+    drop(primary);
+    fake.join().unwrap();
 }
 
 #[test]
 fn a_silent_backup_kills_the_link() {
     logs();
-    let (addr, fake) = mute_backup(hello("mute-backup"));
-    let config = Config {
-        silence_timeout: Duration::from_millis(300),
-        ..relaxed()
-    };
-    let primary = PrimaryLink::connect(addr, hello("primary"), config).unwrap();
+    let (addr, fake) = fake_backup(&impatient(), hello("mute-backup"), Fake::Mute);
+    let primary = connect(addr, hello("primary"), impatient(), FAKE_GENERATION).unwrap();
     primary.send_entry(&entry(0)).unwrap();
     assert!(!primary.wait_acked(0, PATIENCE));
     assert!(
@@ -500,7 +812,6 @@ fn a_silent_backup_kills_the_link() {
         "{:?}",
         primary.failure()
     );
-    assert!(primary.failure().is_some());
     assert!(matches!(
         primary.send_entry(&entry(1)),
         Err(LinkError::Silent(_))
@@ -514,9 +825,42 @@ fn a_silent_backup_kills_the_link() {
 }
 
 #[test]
+fn a_backup_that_heartbeats_but_acks_nothing_is_lost() {
+    logs();
+    let (addr, fake) = fake_backup(
+        &impatient(),
+        hello("stuck-backup"),
+        Fake::Heartbeats {
+            generation: FAKE_GENERATION,
+        },
+    );
+    let primary = connect(addr, hello("primary"), impatient(), FAKE_GENERATION).unwrap();
+    primary.send_entry(&entry(0)).unwrap();
+    let failure = wait_for_failure(&primary);
+    assert!(
+        matches!(failure, LinkError::Stalled(after) if after == Duration::from_millis(300)),
+        "{failure}"
+    );
+    assert!(matches!(
+        primary.send_entry(&entry(1)),
+        Err(LinkError::Stalled(_))
+    ));
+    expect_log(&[
+        "ERROR",
+        "link to the backup lost: the backup acknowledged nothing of what was pending for 300ms",
+    ]);
+    drop(primary);
+    fake.join().unwrap();
+}
+
+#[test]
 fn the_primary_refuses_an_incompatible_backup() {
     logs();
-    let (addr, fake) = mute_backup(Hello::new(IMAGE, [0x33; 32], "odd-backup", 1));
+    let (addr, fake) = fake_backup(
+        &relaxed(),
+        Hello::new(IMAGE, [0x33; 32], "odd-backup", 1),
+        Fake::HelloOnly,
+    );
     match PrimaryLink::connect(addr, hello("primary"), relaxed()) {
         Err(LinkError::Incompatible(reason)) => assert!(
             reason.contains(
@@ -532,11 +876,10 @@ fn the_primary_refuses_an_incompatible_backup() {
 #[test]
 fn an_idle_connection_is_closed_after_the_handshake_timeout() {
     logs();
-    let config = Config {
+    let backup = listen(Config {
         handshake_timeout: Duration::from_millis(200),
         ..relaxed()
-    };
-    let backup = BackupListener::bind(localhost(), hello("backup"), config).unwrap();
+    });
     let who = rogue(backup.local_addr(), b"", false);
     expect_log(&[
         "WARN",

@@ -3,11 +3,14 @@
 //!
 //! ```text
 //!                    sw: bridge br0
-//!        ┌───────────┬──────┴─────┬───────────┐
-//!       pc          pa            pb          pr         switch ports
-//!     client      host-a ══repl══ host-b      arb
-//!  198.18.0.1   .11  198.19.0.1/30  .2  .12   .20
+//!        ┌───────────┬──────┴─────┬───────────┬──────────┐
+//!       pc          pa            pb          pr         px     switch ports
+//!     client      host-a ══repl══ host-b      arb      host-c
+//!  198.18.0.1   .11  198.19.0.1/30  .2  .12   .20       .13
 //! ```
+//!
+//! host-c is a third host where an operator's mistakes happen (a stray
+//! primary): it reaches host-b's log channel through host-b's LAN address.
 //!
 //! Every namespace's `eth0` is wired to the switch; `repl` is a direct veth
 //! between the two hosts that carries only the log channel, so a test can
@@ -21,6 +24,7 @@
 //! a scratch directory, shown when a test panics. Everything (processes,
 //! namespaces, files) is removed on drop, also on panic.
 
+use crate::audit::Record;
 use crate::l2::PacketSocket;
 use crate::{
     benchmark_command, binary, guest_image, run, wait_for, Netns, Process, ScratchDir, Summary,
@@ -39,6 +43,7 @@ use std::time::{Duration, Instant};
 const ARBITER_ADDR: &str = "198.18.0.20:7700";
 const ARBITER_CIDR: &str = "198.18.0.20/24";
 const CLIENT_CIDR: &str = "198.18.0.1/24";
+const STRAY_CIDR: &str = "198.18.0.13/24";
 /// The backup's log channel port, on its `repl` address.
 const BACKUP_PORT: u16 = 7800;
 /// Twice the agents' default: two VMs, the tests and often a compiler
@@ -125,6 +130,10 @@ impl NodeStatus {
             .unwrap_or_else(|| panic!("no role in status {:?}", self.0))
     }
 
+    pub fn text(&self, key: &str) -> &str {
+        self.0.get(key).and_then(|v| v.as_str()).unwrap_or_default()
+    }
+
     pub fn number(&self, key: &str) -> u64 {
         self.0
             .get(key)
@@ -192,8 +201,11 @@ pub struct Cluster {
     pub client: Netns,
     host_a: Netns,
     host_b: Netns,
+    host_c: Netns,
     arb: Netns,
     sw: Netns,
+    /// The node names the agents on host-a and host-b run under.
+    node_names: [String; 2],
 }
 
 impl Cluster {
@@ -205,6 +217,7 @@ impl Cluster {
         let host_a = Netns::new(&format!("{tag}a"))?;
         let host_b = Netns::new(&format!("{tag}b"))?;
         let arb = Netns::new(&format!("{tag}r"))?;
+        let host_c = Netns::new(&format!("{tag}x"))?;
 
         sw.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
         sw.exec(&["ip", "link", "set", "br0", "up"])?;
@@ -213,6 +226,7 @@ impl Cluster {
             (&host_a, Host::A.switch_port(), Host::A.lan_cidr()),
             (&host_b, Host::B.switch_port(), Host::B.lan_cidr()),
             (&arb, "pr", ARBITER_CIDR),
+            (&host_c, "px", STRAY_CIDR),
         ];
         for (ns, port, cidr) in lan {
             sw.add_veth(port, ns, "eth0")?;
@@ -224,6 +238,9 @@ impl Cluster {
         for (ns, host) in [(&host_a, Host::A), (&host_b, Host::B)] {
             ns.add_addr(&format!("{}/30", host.repl_ip()), "repl")?;
         }
+        // host-c reaches host-b's log channel across the LAN.
+        let via_b = Host::B.lan_cidr().split('/').next().unwrap_or_default();
+        host_c.exec(&["ip", "route", "add", "198.19.0.0/30", "via", via_b])?;
         // The service's address is fixed; a static entry keeps the first
         // packets of a test from waiting on ARP.
         client.set_neigh(GUEST_IP, GUEST_MAC, "eth0")?;
@@ -239,9 +256,16 @@ impl Cluster {
             client,
             host_a,
             host_b,
+            host_c,
             arb,
             sw,
+            node_names: [Host::A.node().to_string(), Host::B.node().to_string()],
         })
+    }
+
+    /// Runs the next agent started on `host` under node name `name`.
+    pub fn set_node_name(&mut self, host: Host, name: &str) {
+        self.node_names[host.index()] = name.to_string();
     }
 
     fn host(&self, host: Host) -> &Netns {
@@ -299,6 +323,17 @@ impl Cluster {
         })
     }
 
+    /// Runs the `arbiter` binary's client subcommand `args` against the
+    /// cluster's arbiter (from its namespace), as an operator would.
+    pub fn arbiter_command(&self, args: &[&str]) -> Result<Output> {
+        let (subcommand, rest) = args.split_first().context("no subcommand")?;
+        let mut cmd = self.arb.command(binary("arbiter"));
+        cmd.arg(subcommand)
+            .args(["--connect", ARBITER_ADDR])
+            .args(rest);
+        cmd.output().with_context(|| format!("run {cmd:?}"))
+    }
+
     /// Every generation the arbiter granted (repeats of a winning claim
     /// excluded), in the order of its log, across restarts.
     pub fn arbiter_grants(&self) -> Result<Vec<u64>> {
@@ -344,6 +379,12 @@ impl Cluster {
         })
     }
 
+    /// [`Cluster::start_primary`] under node name `name`.
+    pub fn start_primary_named(&mut self, host: Host, name: &str) -> Result<()> {
+        self.set_node_name(host, name);
+        self.start_primary(host)
+    }
+
     fn agent_command(&self, host: Host, program: &str, lead: &[&str], role: &[&str]) -> Command {
         let mut cmd = self.host(host).command(binary(program));
         cmd.args(lead)
@@ -351,9 +392,12 @@ impl Cluster {
             .arg(guest_image())
             .args(["--xdp", "eth0", "--ip", &format!("{GUEST_IP}/24")])
             .args(["--mac", GUEST_MAC, "--arbiter", ARBITER_ADDR])
-            .args(["--node", host.node(), "--silence-ms", SILENCE_MS])
+            .args(["--node", &self.node_names[host.index()]])
+            .args(["--silence-ms", SILENCE_MS])
             .arg("--status")
             .arg(self.status_path(host))
+            .arg("--release-record")
+            .arg(self.record_path(host))
             .args(role)
             // Plain log lines in the files, for tests to search.
             .env("NO_COLOR", "1")
@@ -419,6 +463,28 @@ impl Cluster {
         Ok(found)
     }
 
+    fn record_path(&self, host: Host) -> PathBuf {
+        self.scratch
+            .path()
+            .join(format!("release-{}.log", host.node()))
+    }
+
+    /// The release records of host-a and host-b (every agent that ran
+    /// there), for [`crate::audit::violations`].
+    pub fn release_records(&self) -> Result<Vec<Record>> {
+        [Host::A, Host::B]
+            .into_iter()
+            .map(|host| {
+                let path = self.record_path(host);
+                let text = match std::fs::read_to_string(&path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                    read => read.with_context(|| format!("read {}", path.display()))?,
+                };
+                Record::parse(&format!("host-{}", host.node()), &text)
+            })
+            .collect()
+    }
+
     fn status_path(&self, host: Host) -> PathBuf {
         self.scratch
             .path()
@@ -477,6 +543,55 @@ impl Cluster {
         self.nodes[host.index()]
             .as_mut()
             .is_some_and(Process::is_running)
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT…) to the agent on `host`, by pid.
+    pub fn signal(&self, host: Host, signal: i32) -> Result<()> {
+        self.nodes[host.index()]
+            .as_ref()
+            .with_context(|| format!("no agent runs on host-{}", host.node()))?
+            .signal(signal)
+    }
+
+    /// The resident memory of the agent on `host`, in KiB.
+    pub fn rss_kib(&self, host: Host) -> Result<u64> {
+        let pid = self.pid(host).context("no agent runs there")?;
+        let path = format!("/proc/{pid}/status");
+        let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no VmRSS in {path}"))
+    }
+
+    /// Runs a second `agent run` for host-b's backup from host-c, as an
+    /// operator who started one by mistake would, and waits (at most a
+    /// minute) for it to end; returns its output and its log.
+    pub fn run_stray_primary(&mut self, node: &str) -> Result<(Output, String)> {
+        let log = self.scratch.path().join(format!("stray-{node}.log"));
+        let mut cmd = self.host_c.command(binary("agent"));
+        cmd.arg("run")
+            .arg("--guest")
+            .arg(guest_image())
+            .args(["--xdp", "eth0", "--ip", &format!("{GUEST_IP}/24")])
+            .args(["--mac", GUEST_MAC, "--arbiter", ARBITER_ADDR])
+            .args(["--node", node, "--silence-ms", SILENCE_MS])
+            .args([
+                "--backup",
+                &Host::B.backup_addr(),
+                "--connect-timeout-s",
+                "5",
+            ])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(File::create(&log).with_context(|| format!("create {}", log.display()))?);
+        self.logs.push(log.clone());
+        let out =
+            Process::spawn(cmd, "stray agent run")?.wait_with_output(Duration::from_secs(60))?;
+        let text =
+            std::fs::read_to_string(&log).with_context(|| format!("read {}", log.display()))?;
+        Ok((out, text))
     }
 
     /// SIGKILL to the agent on `host`, by pid; waits until it is gone.
@@ -579,6 +694,27 @@ impl Cluster {
         self.sw
             .exec(&["ip", "link", "set", host.switch_port(), state])
             .map(drop)
+    }
+
+    /// Sends UDP datagrams with `size` bytes of payload to the service from
+    /// the client as fast as it can for `duration` (at most ten million);
+    /// returns how many left. The guest serves no UDP: every one is load.
+    pub fn flood(&self, duration: Duration, size: usize) -> Result<u64> {
+        self.client.run_in(|| {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").context("bind a UDP socket")?;
+            let payload = vec![0x5a; size];
+            let deadline = Instant::now() + duration;
+            let mut sent = 0u64;
+            while Instant::now() < deadline && sent < 10_000_000 {
+                match socket.send_to(&payload, (GUEST_IP, 9)) {
+                    Ok(_) => sent += 1,
+                    // The veth's queue is full: that is what a flood does.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                    Err(e) => return Err(e).context("send a flood datagram"),
+                }
+            }
+            Ok(sent)
+        })
     }
 
     /// Runs `f` on a thread inside `host`'s namespace (e.g. to reach the

@@ -5,6 +5,7 @@
 //! Tests need root, /dev/kvm and the artefacts that `cargo xtask test` builds
 //! first; a missing facility is a loud failure, never a skip.
 
+pub mod audit;
 pub mod cluster;
 pub mod demo;
 pub mod elf;

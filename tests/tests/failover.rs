@@ -6,6 +6,7 @@
 //! Failover times are printed, never asserted.
 
 use anyhow::Result;
+use ft_tests::audit;
 use ft_tests::cluster::{ArbiterState, Cluster, Host, ServiceFrames};
 use ft_tests::{require_root_and_kvm, wait_for, Process, Summary};
 use ftlog::{Entry, Payload, Position};
@@ -14,7 +15,7 @@ use logchannel::Hello;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -426,6 +427,286 @@ fn garbage_bad_frames_and_a_wrong_image_are_refused_while_replication_goes_on() 
     assert!(!log.contains("primary lost"), "{log}");
     let backup = cluster.status(Host::B).unwrap().expect("backup status");
     assert_eq!(backup.role(), "backup", "{backup:?}");
+    let primary = cluster.stop(Host::A).unwrap();
+    let backup = cluster.finish(Host::B).unwrap();
+    assert_eq!(backup.get("state_hash"), primary.get("state_hash"));
+}
+
+// ---- one primary and nothing lost, whatever the operator does ----
+
+/// The release records show no two nodes releasing in one generation and
+/// no release before the backup's ack.
+fn assert_release_records_hold(cluster: &Cluster) {
+    let records = cluster.release_records().unwrap();
+    assert!(
+        records.iter().any(|r| r.releases().next().is_some()),
+        "no release was recorded: {records:?}"
+    );
+    let violations = audit::violations(&records);
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// Microseconds since the Unix epoch, the release records' clock.
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+#[test]
+fn equal_node_names_are_refused_before_anything_is_claimed() {
+    let _one = exclusive();
+    let mut cluster = Cluster::new("fn").expect("build the topology");
+    cluster.start_arbiter().unwrap();
+    cluster.set_node_name(Host::B, "a");
+    cluster.start_backup(Host::B).unwrap();
+    let err = cluster.start_primary(Host::A).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("both nodes are named \"a\""), "{text}");
+    assert_eq!(
+        cluster.arbiter_state().unwrap(),
+        ArbiterState {
+            generation: 0,
+            owner: "-".into()
+        }
+    );
+    // The backup is unharmed and still takes a correctly named primary.
+    cluster.start_primary_named(Host::A, "a2").unwrap();
+    assert_eq!(cluster.arbiter_state().unwrap().owner, "a2");
+}
+
+#[test]
+fn a_stray_primary_claims_nothing_and_failover_still_works() {
+    let _one = exclusive();
+    let mut cluster = replicated_pair("fy");
+    let before = cluster.arbiter_state().unwrap();
+    let checker = start_history(&cluster, "stray", 100);
+
+    let (out, log) = cluster.run_stray_primary("c").unwrap();
+    assert!(
+        !out.status.success(),
+        "the stray agent run succeeded:\n{log}"
+    );
+    assert!(
+        log.contains("another primary is already replicating"),
+        "{log}"
+    );
+    assert_eq!(
+        cluster.arbiter_state().unwrap(),
+        before,
+        "the stray claimed"
+    );
+
+    cluster.kill(Host::A).unwrap();
+    cluster.wait_serving(Host::B, FAILOVER_LIMIT).unwrap();
+    assert_eq!(
+        cluster.arbiter_state().unwrap(),
+        next_claim(&before, Host::B)
+    );
+    let report = checker_report(checker);
+    assert_history(&cluster, "stray", &report);
+    assert_release_records_hold(&cluster);
+    cluster.stop(Host::B).unwrap();
+}
+
+#[test]
+fn a_rogue_claim_never_makes_two_primaries_and_the_replica_is_kept() {
+    let _one = exclusive();
+    let mut cluster = replicated_pair("fr");
+    let before = cluster.arbiter_state().unwrap();
+    let checker = cluster
+        .spawn_checker(
+            "rogue",
+            &[
+                "--duration-ms",
+                "20000",
+                "--pause-ms",
+                "2",
+                "--request-timeout-ms",
+                "30000",
+            ],
+        )
+        .unwrap();
+    wait_for("the checker to push", Duration::from_secs(30), || {
+        Ok((llen(&cluster, "rogue")? >= 100).then_some(()))
+    })
+    .unwrap();
+
+    let expected = before.generation.to_string();
+    let rogue = cluster
+        .arbiter_command(&["claim", "--node", "x", "--expected", &expected])
+        .unwrap();
+    assert!(rogue.status.success(), "{rogue:?}");
+    let taken = cluster.arbiter_state().unwrap();
+    assert_eq!(taken.owner, "x");
+
+    cluster.kill(Host::A).unwrap();
+    let holding = wait_for("host-b to hold its replica", FAILOVER_LIMIT, || {
+        Ok(cluster.status(Host::B)?.filter(|s| s.role() == "holding"))
+    })
+    .unwrap();
+    assert!(holding.text("alarm").contains("\"x\""), "{holding:?}");
+    // It stays that way: alive, not serving, the replica kept.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(cluster.is_running(Host::B));
+    let still = cluster.status(Host::B).unwrap().expect("host-b status");
+    assert_eq!(still.role(), "holding", "{still:?}");
+    assert_eq!(cluster.arbiter_state().unwrap(), taken);
+
+    // The operator knows x serves nothing and releases its generation:
+    // host-b goes live with everything the client was told.
+    let released = cluster
+        .arbiter_command(&["release", "--generation", &taken.generation.to_string()])
+        .unwrap();
+    assert!(released.status.success(), "{released:?}");
+    cluster.wait_serving(Host::B, FAILOVER_LIMIT).unwrap();
+    assert_eq!(
+        cluster.arbiter_state().unwrap(),
+        next_claim(&taken, Host::B)
+    );
+    let report = checker_report(checker);
+    assert_history(&cluster, "rogue", &report);
+    assert_release_records_hold(&cluster);
+    cluster.stop(Host::B).unwrap();
+}
+
+#[test]
+fn a_primary_paused_past_the_silence_timeout_releases_nothing_when_it_wakes() {
+    let _one = exclusive();
+    let mut cluster = replicated_pair("fz");
+    let before = cluster.arbiter_state().unwrap();
+    let checker = start_history(&cluster, "paused", 100);
+
+    cluster.signal(Host::A, libc::SIGSTOP).unwrap();
+    cluster.wait_serving(Host::B, FAILOVER_LIMIT).unwrap();
+    assert_eq!(
+        cluster.arbiter_state().unwrap(),
+        next_claim(&before, Host::B)
+    );
+    let woke = now_micros();
+    cluster.signal(Host::A, libc::SIGCONT).unwrap();
+    let ended = cluster.wait_exit(Host::A, Duration::from_secs(30)).unwrap();
+    assert!(!ended.status.success(), "host-a exited with success");
+    let last = cluster.status(Host::A).unwrap().expect("host-a's status");
+    assert_eq!(last.role(), "deposed", "{last:?}");
+
+    let records = cluster.release_records().unwrap();
+    let late: Vec<_> = records[0].releases().filter(|l| l.micros >= woke).collect();
+    assert!(late.is_empty(), "host-a released after it woke: {late:?}");
+    let report = checker_report(checker);
+    assert_history(&cluster, "paused", &report);
+    assert_release_records_hold(&cluster);
+    cluster.stop(Host::B).unwrap();
+}
+
+/// Samples the resident memory of the agents on `hosts` every 50 ms until
+/// `done` says so (at most `limit`); returns the largest growth over
+/// `baseline` seen per host, in KiB.
+fn peak_growth_kib(
+    cluster: &Cluster,
+    hosts: &[Host],
+    limit: Duration,
+    mut done: impl FnMut(&Cluster) -> bool,
+) -> Vec<u64> {
+    let baseline: Vec<u64> = hosts.iter().map(|&h| cluster.rss_kib(h).unwrap()).collect();
+    let mut peak = baseline.clone();
+    let deadline = Instant::now() + limit;
+    while !done(cluster) {
+        assert!(Instant::now() < deadline, "not done within {limit:?}");
+        for (peak, &host) in peak.iter_mut().zip(hosts) {
+            *peak = (*peak).max(cluster.rss_kib(host).unwrap_or(0));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    peak.iter().zip(&baseline).map(|(p, b)| p - b).collect()
+}
+
+/// Growth of an agent's memory that its bounds allow, with room for the
+/// allocator and the guest's own pages: the bounds add up to about 30 MiB.
+const MEMORY_BOUND_KIB: u64 = 96 * 1024;
+
+#[test]
+fn a_paused_backup_holds_the_primary_to_its_bounds_and_it_goes_on_alone() {
+    let _one = exclusive();
+    let mut cluster = replicated_pair("fq");
+    let before = cluster.arbiter_state().unwrap();
+    let checker = start_history(&cluster, "backlog", 100);
+    let bench = cluster
+        .spawn_benchmark(&[
+            "-n", "2000000", "-c", "20", "-P", "16", "-t", "set", "-d", "512",
+        ])
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+
+    cluster.signal(Host::B, libc::SIGSTOP).unwrap();
+    let paused = Instant::now();
+    let growth = peak_growth_kib(&cluster, &[Host::A], FAILOVER_LIMIT, |cluster| {
+        cluster
+            .status(Host::A)
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.role() == "primary-alone")
+    });
+    eprintln!(
+        "host-a went on alone {:?} after the pause; its memory grew by {} KiB",
+        paused.elapsed(),
+        growth[0]
+    );
+    assert!(
+        growth[0] < MEMORY_BOUND_KIB,
+        "host-a grew by {} KiB",
+        growth[0]
+    );
+    assert_eq!(
+        cluster.arbiter_state().unwrap(),
+        next_claim(&before, Host::A)
+    );
+    drop(bench);
+
+    // The backup wakes to find its primary won: it gives its replica up.
+    cluster.signal(Host::B, libc::SIGCONT).unwrap();
+    let ended = cluster.wait_exit(Host::B, Duration::from_secs(30)).unwrap();
+    assert_eq!(ended.status.code(), Some(4), "{ended:?}");
+    let report = checker_report(checker);
+    assert_history(&cluster, "backlog", &report);
+    assert_release_records_hold(&cluster);
+    cluster.stop(Host::A).unwrap();
+}
+
+#[test]
+fn a_flood_at_the_service_address_keeps_memory_bounded_and_the_service_answers() {
+    let _one = exclusive();
+    let mut cluster = replicated_pair("fl");
+    let before = cluster.arbiter_state().unwrap();
+    let (sent, growth) = std::thread::scope(|scope| {
+        let flood = scope.spawn(|| cluster.flood(Duration::from_secs(5), 1200));
+        let growth = peak_growth_kib(&cluster, &[Host::A, Host::B], FAILOVER_LIMIT, |_| {
+            flood.is_finished()
+        });
+        (flood.join().expect("flood thread"), growth)
+    });
+    eprintln!("flood: {:?} datagrams; memory grew by {growth:?} KiB", sent);
+    assert!(sent.unwrap() > 10_000);
+    for (host, grew) in [Host::A, Host::B].into_iter().zip(&growth) {
+        assert!(
+            *grew < MEMORY_BOUND_KIB,
+            "host-{} grew by {grew} KiB",
+            host.node()
+        );
+    }
+    wait_for(
+        "the service to answer after the flood",
+        Duration::from_secs(30),
+        || Ok((cluster.redis(&["PING"])? == "PONG").then_some(())),
+    )
+    .unwrap();
+    assert_eq!(cluster.redis(&["SET", "after", "flood"]).unwrap(), "OK");
+    assert_eq!(cluster.redis(&["GET", "after"]).unwrap(), "flood");
+    // Neither node gave up on the other.
+    assert_eq!(cluster.arbiter_state().unwrap(), before);
+    assert_eq!(cluster.status(Host::A).unwrap().unwrap().role(), "primary");
+    assert_eq!(cluster.status(Host::B).unwrap().unwrap().role(), "backup");
+    assert_release_records_hold(&cluster);
     let primary = cluster.stop(Host::A).unwrap();
     let backup = cluster.finish(Host::B).unwrap();
     assert_eq!(backup.get("state_hash"), primary.get("state_hash"));

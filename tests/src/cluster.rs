@@ -56,6 +56,15 @@ const START_LIMIT: Duration = Duration::from_secs(60);
 /// How long a node may take to end after SIGTERM or its peer's end.
 const STOP_LIMIT: Duration = Duration::from_secs(60);
 
+/// What [`Cluster::filter_replication`] does to a host's `repl` output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkFilter {
+    Pass,
+    DropAll,
+    /// Drops this percentage of packets, at random.
+    Lose(u8),
+}
+
 /// One of the two agent hosts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Host {
@@ -306,9 +315,7 @@ impl Cluster {
 
     /// SIGKILL to the arbiter, then the same state file again.
     pub fn restart_arbiter(&mut self) -> Result<()> {
-        let arbiter = self.arbiter.take().context("no arbiter is running")?;
-        arbiter.signal(libc::SIGKILL)?;
-        arbiter.wait_with_output(Duration::from_secs(10))?;
+        self.kill_arbiter()?;
         self.start_arbiter()
     }
 
@@ -684,6 +691,56 @@ impl Cluster {
         for ns in [&self.host_a, &self.host_b] {
             ns.exec(&["ip", "link", "set", "repl", "down"])?;
         }
+        Ok(())
+    }
+
+    /// Brings the `repl` link back up on both hosts after
+    /// [`Cluster::cut_replication`].
+    pub fn restore_replication(&self) -> Result<()> {
+        for ns in [&self.host_a, &self.host_b] {
+            ns.exec(&["ip", "link", "set", "repl", "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Filters what `host` sends on its `repl` link, with nftables (this
+    /// kernel has no netem).
+    pub fn filter_replication(&self, host: Host, filter: LinkFilter) -> Result<()> {
+        let ns = self.host(host);
+        let _ = ns
+            .command("nft")
+            .args(["delete", "table", "inet", "ftchaos"])
+            .output();
+        let matcher = match filter {
+            LinkFilter::Pass => return Ok(()),
+            LinkFilter::DropAll => String::new(),
+            LinkFilter::Lose(percent) => format!("numgen random mod 100 < {percent} "),
+        };
+        ns.exec(&["nft", "add", "table", "inet", "ftchaos"])?;
+        let hook = "{ type filter hook output priority 0; }";
+        ns.exec(&["nft", "add", "chain", "inet", "ftchaos", "out", hook])?;
+        let rule = format!("oifname \"repl\" {matcher}drop");
+        ns.exec(&["nft", "add", "rule", "inet", "ftchaos", "out", &rule])
+            .map(drop)
+    }
+
+    /// Takes the client's switch port down (`up = false`) or up again.
+    pub fn plug_client(&self, up: bool) -> Result<()> {
+        let state = if up { "up" } else { "down" };
+        self.sw.exec(&["ip", "link", "set", "pc", state]).map(drop)
+    }
+
+    /// Whether the arbiter process runs.
+    pub fn arbiter_running(&mut self) -> bool {
+        self.arbiter.as_mut().is_some_and(Process::is_running)
+    }
+
+    /// SIGKILL to the arbiter, by pid; `start_arbiter` brings it back on
+    /// the same state file.
+    pub fn kill_arbiter(&mut self) -> Result<()> {
+        let arbiter = self.arbiter.take().context("no arbiter is running")?;
+        arbiter.signal(libc::SIGKILL)?;
+        arbiter.wait_with_output(Duration::from_secs(10))?;
         Ok(())
     }
 

@@ -8,6 +8,25 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+/// Runs `f` on a thread that has entered the network namespace `name`
+/// (for a caller that holds only the name, not the [`Netns`]).
+pub fn run_in_namespace<T: Send>(name: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let path = format!("/run/netns/{name}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let ns = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+            // SAFETY: setns on a namespace fd we hold; it changes only
+            // this (scoped, short-lived) thread's network namespace.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns {path}: {}", io::Error::last_os_error());
+            }
+            f()
+        })
+        .join()
+        .expect("namespace thread panicked")
+    })
+}
+
 impl Netns {
     /// A veth pair: `name` in this namespace, `peer_name` in `peer`, both up.
     pub fn add_veth(&self, name: &str, peer: &Netns, peer_name: &str) -> Result<()> {
@@ -32,20 +51,7 @@ impl Netns {
     /// Runs `f` on a thread that has entered this namespace (network only);
     /// sockets it creates stay in the namespace.
     pub fn run_in<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-        let path = format!("/run/netns/{}", self.name());
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-                // SAFETY: setns on a namespace fd we hold; it changes only
-                // this (scoped, short-lived) thread's network namespace.
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    bail!("setns {path}: {}", io::Error::last_os_error());
-                }
-                f()
-            })
-            .join()
-            .expect("namespace thread panicked")
-        })
+        run_in_namespace(self.name(), f)
     }
 
     /// An interface's MAC address.

@@ -6,6 +6,7 @@
 //! first; a missing facility is a loud failure, never a skip.
 
 pub mod audit;
+pub mod chaos;
 pub mod cluster;
 pub mod demo;
 pub mod elf;

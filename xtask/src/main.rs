@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the project's build and run tasks.
 
 mod bench;
+mod chaos;
 mod demo;
 mod ebpf;
 mod guest;
@@ -27,6 +28,9 @@ enum Task {
     Bench,
     /// Kill the primary of a replicated guest under real client load, live.
     Demo(demo::DemoArgs),
+    /// Inject random faults into the replicated cluster and check every
+    /// promise afterwards; reproducible from its seed.
+    Chaos(chaos::ChaosArgs),
     /// Install what the tests need, lint, build and run every test.
     Test,
 }
@@ -38,5 +42,6 @@ fn main() -> Result<()> {
         Task::Test => test::test(),
         Task::Bench => bench::bench(),
         Task::Demo(args) => demo::demo(&args),
+        Task::Chaos(args) => chaos::chaos(&args),
     }
 }

@@ -4,7 +4,13 @@ use crate::util::{cargo, prepare, run};
 use anyhow::Result;
 
 /// Debian packages the end-to-end tests drive: real clients and tools.
-pub const TEST_PACKAGES: &[&str] = &["redis-tools", "iproute2", "iputils-ping", "ethtool"];
+pub const TEST_PACKAGES: &[&str] = &[
+    "redis-tools",
+    "iproute2",
+    "iputils-ping",
+    "ethtool",
+    "nftables",
+];
 
 pub fn test() -> Result<()> {
     prepare()?;

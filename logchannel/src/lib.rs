@@ -13,7 +13,7 @@
 //! blocking methods, so they are used from plain threads. They must not be
 //! called (or dropped) from inside an async context.
 //!
-//! # Wire format (protocol version 1)
+//! # Wire format (protocol version 2)
 //!
 //! All integers are little-endian. Every message, in both directions, is
 //!
@@ -31,30 +31,41 @@
 //!
 //! | tag    | message     | direction          | body |
 //! |--------|-------------|--------------------|------|
-//! | `0x03` | `Hello`     | both, first        | `protocol_version:u16 image_hash:[u8;32] config_hash:[u8;32] generation:u64 node_len:u8 node:[u8;node_len]` (UTF-8) |
+//! | `0x03` | `Hello`     | both, first        | `protocol_version:u16 image_hash:[u8;32] config_hash:[u8;32] node_len:u8 node:[u8;node_len] incarnation:u64 heartbeat_ms:u32 silence_ms:u32` |
 //! | `0x05` | `Reject`    | backup → primary   | reason, UTF-8 (at most 1024 bytes) |
+//! | `0x11` | `Start`     | both, second       | `generation:u64`: the primary's claimed generation; the backup's echo accepts it |
 //! | `0x06` | `Entry`     | primary → backup   | `seq:u64 exit:u64 rip:u64 kind:u8 payload` ([`ftlog::Entry`]'s body) |
-//! | `0x09` | `Heartbeat` | both               | `counter:u64` (heartbeats sent before this one) |
+//! | `0x09` | `Heartbeat` | both               | `counter:u64 generation:u64` |
 //! | `0x0a` | `Released`  | primary → backup   | `seq:u64`: highest entry whose output the primary has released |
-//! | `0x0c` | `Ack`       | backup → primary   | `seq:u64`: every entry ≤ `seq` is applied (cumulative) |
+//! | `0x0c` | `Ack`       | backup → primary   | `seq:u64`: every entry ≤ `seq` is taken (cumulative) |
 //!
-//! The `Hello` layout is the same in every protocol version, so a peer of
+//! The version comes first in the `Hello` of every version, so a peer of
 //! another version is told that the versions differ rather than that its
 //! hello is malformed.
 //!
 //! # Conversation
 //!
 //! 1. The primary connects and sends `Hello`.
-//! 2. The backup compares protocol version, image hash and config hash
-//!    with its own. On a mismatch, or while another primary's session is
-//!    live, it sends `Reject { reason }` and closes. Otherwise it answers
-//!    with its own `Hello` and the session begins. The whole handshake must
-//!    finish within [`Config::handshake_timeout`].
-//! 3. The primary sends `Entry` (with `seq` contiguous within the session),
+//! 2. The backup compares protocol version, image hash, config hash and
+//!    timing with its own, and refuses a primary with its own node name.
+//!    On a mismatch, while another primary's session is live, or once it
+//!    has had a session at all (a backup replicates one primary in its
+//!    lifetime), it sends `Reject { reason }` and closes. Otherwise it
+//!    answers with its own `Hello`, which the primary checks the same way.
+//!    Both hellos must be exchanged within [`Config::handshake_timeout`].
+//! 3. The primary claims its generation at the arbiter and sends
+//!    `Start { generation }`. The backup's [`Verify`] checks it (with the
+//!    arbiter: the record must name this primary process at that
+//!    generation); on success it echoes `Start`, otherwise it rejects.
+//!    This step is bounded by [`Config::start_timeout`].
+//! 4. The primary sends `Entry` (with `seq` contiguous within the session),
 //!    `Released` and `Heartbeat`; the backup sends `Ack` and `Heartbeat`.
-//!    Each side sends a heartbeat every [`Config::heartbeat_interval`] and
-//!    declares the peer lost after [`Config::silence_timeout`] without any
-//!    message.
+//!    Every heartbeat carries the session's generation and one with
+//!    another ends the session. Each side sends a heartbeat every
+//!    [`Config::heartbeat_interval`] and declares the peer lost after
+//!    [`Config::silence_timeout`] without any message; the primary also
+//!    declares a backup lost that heartbeats but acks none of the pending
+//!    entries for that long ([`LinkError::Stalled`]).
 //!
 //! Any malformed message (unknown tag, bad checksum, oversize or truncated
 //! frame, bad body, a message the receiver does not expect) closes that

@@ -9,7 +9,7 @@ use arbiter::{
 };
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct Arbitration {
     addr: SocketAddr,
@@ -79,7 +79,13 @@ impl Arbitration {
         self.call(async |client, _| client.query().await)
     }
 
-    /// Extends our lease on `generation`, once.
+    /// Clears the owner of `generation` (ours, on a clean stop), once.
+    pub fn release(&mut self, generation: u64) -> Result<ArbiterState, ArbiterError> {
+        self.call(async |client, _| client.release(generation).await)
+    }
+
+    /// Extends our lease on `generation`, once; a zero `lease` only
+    /// confirms that we still own it.
     pub fn renew(
         &mut self,
         generation: u64,
@@ -91,17 +97,24 @@ impl Arbitration {
     /// Claims `expected + 1`, retrying while the arbiter cannot be reached
     /// or is busy (or holds claims off for a lease): without its answer
     /// nothing may be released, so there is nothing better to do than to
-    /// keep asking. Gives up when `stop` is set or the arbiter refuses the
-    /// request itself (no retry can change that).
-    pub fn claim(&mut self, expected: u64, stop: &AtomicBool) -> Result<ClaimOutcome> {
+    /// keep asking. Gives up when `stop` is set, when `deadline` passes,
+    /// or when the arbiter refuses the request itself (no retry can change
+    /// that).
+    pub fn claim(
+        &mut self,
+        expected: u64,
+        stop: &AtomicBool,
+        deadline: Option<Instant>,
+    ) -> Result<ClaimOutcome> {
         let what = |addr| format!("claim generation {} at the arbiter {addr}", expected + 1);
         loop {
+            let in_time = deadline.is_none_or(|deadline| Instant::now() < deadline);
             match self.call(async |client, who| client.claim(who, expected).await) {
                 Ok(outcome) => {
                     tracing::info!(node = %self.node, expected, ?outcome, "arbiter answered");
                     return Ok(outcome);
                 }
-                Err(e) if worth_retrying(&e) && !stop.load(Ordering::Relaxed) => {
+                Err(e) if worth_retrying(&e) && in_time && !stop.load(Ordering::Relaxed) => {
                     tracing::warn!("{}: {e}; asking again", what(self.addr));
                     std::thread::sleep(Duration::from_millis(100));
                 }

@@ -43,7 +43,6 @@ impl Backlog {
         Outstanding {
             unacked_entries: self.entries.len() as u64,
             unacked_bytes: self.bytes,
-            held_outputs: 0,
         }
     }
 }

@@ -13,11 +13,13 @@
 //!
 //! Output may leave a node only with an authority: the backup's ack (a
 //! protected primary, while it hears from the backup) or a live lease
-//! from the arbiter (a node serving alone). Everything here is free of
+//! from the arbiter (a node serving alone). A protected primary renews a
+//! lease too, so that it learns at once when an operator takes the service
+//! over or releases it, and so that such a takeover waits for it. Everything here is free of
 //! I/O so that it is unit-tested with fakes; [`crate::serve`] carries the
 //! decisions out.
 
-use arbiter::{ArbiterState, ClaimOutcome, RenewOutcome};
+use arbiter::{ArbiterState, ClaimOutcome, Claimant};
 use std::time::{Duration, Instant};
 
 /// What a node is doing, as its status and its metrics say it.
@@ -77,11 +79,6 @@ impl Role {
             .find(|r| *r as u8 == value)
             .unwrap_or(Role::Starting)
     }
-
-    /// Whether this role may put service frames on the network at all.
-    pub fn serves(self) -> bool {
-        matches!(self, Role::Primary | Role::Alone)
-    }
 }
 
 /// What allows a node to release output right now.
@@ -96,8 +93,6 @@ pub enum Authority {
     },
     /// A node serving alone: the arbiter's lease, if it has one.
     Lease { valid_until: Option<Instant> },
-    /// Waiting for the arbiter, deposed or halted.
-    Nothing,
 }
 
 /// Every held output whose entry's seq is below the returned value may be
@@ -117,6 +112,16 @@ pub fn releasable_below(authority: Authority, now: Instant) -> u64 {
     }
 }
 
+/// When a lease the arbiter granted for `lease_ms`, asked for at
+/// `asked_at`, stops allowing releases here. The arbiter counts from when
+/// it received the request, later than `asked_at`; a quarter of the lease
+/// is kept back for clock-rate differences and for a batch that is being
+/// sent as the lease runs out.
+pub fn lease_end(asked_at: Instant, lease_ms: u32) -> Instant {
+    let lease = Duration::from_millis(lease_ms.into());
+    asked_at + lease - lease / 4
+}
+
 /// How a starting primary may claim the arbiter's record.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StartClaim {
@@ -124,21 +129,24 @@ pub enum StartClaim {
     Refuse(String),
 }
 
-/// A starting primary claims only a released record or one of its own
-/// (a restart of the same node); a pair that is running is never deposed
-/// by mistake. `takeover` is the operator's explicit override.
-pub fn start_claim(record: &ArbiterState, me: &str, takeover: bool) -> StartClaim {
+/// A starting primary claims only a released record (a clean stop
+/// releases it); a record some process owns, even one under its own name
+/// (a crash: its backup may hold the only up-to-date state), is deposed
+/// only on the operator's explicit `takeover`, and the arbiter still holds
+/// the claim off while the owner renews its lease.
+pub fn start_claim(record: &ArbiterState, takeover: bool) -> StartClaim {
     match record.owner.as_deref() {
         None => StartClaim::Claim {
             expected: record.generation,
         },
-        Some(owner) if owner == me || takeover => StartClaim::Claim {
+        Some(_) if takeover => StartClaim::Claim {
             expected: record.generation,
         },
         Some(owner) => StartClaim::Refuse(format!(
-            "the arbiter says generation {} belongs to {owner:?}, which may be serving; \
-             refusing to depose it (if {owner:?} is gone for good, start with --takeover \
-             or run `arbiter release --generation {}`)",
+            "the arbiter says generation {} belongs to {owner:?}, which may be serving, or \
+             may have crashed with its backup holding the only up-to-date state; refusing \
+             to take the service over (if {owner:?} and its backup are gone for good, start \
+             with --takeover or run `arbiter release --generation {}`)",
             record.generation, record.generation
         )),
     }
@@ -165,22 +173,14 @@ pub fn after_claim(outcome: ClaimOutcome) -> Verdict {
     }
 }
 
-/// A node serving alone renewed its lease on `generation`.
-pub fn after_renew(outcome: RenewOutcome) -> Verdict {
-    match outcome {
-        RenewOutcome::Leased { generation, .. } => Verdict::Serve { generation },
-        RenewOutcome::Denied { generation, owner } => Verdict::Deposed { generation, owner },
-    }
-}
-
 /// What a backup whose primary is lost does with the arbiter's answer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum BackupVerdict {
     GoLive {
         generation: u64,
     },
-    /// Its own primary won a later generation (a partition the primary
-    /// won): this replica is stale, give it up.
+    /// Its own primary (the same process) won a later generation (a
+    /// partition the primary won): this replica is stale, give it up.
     StandDown {
         generation: u64,
         owner: String,
@@ -193,27 +193,31 @@ pub enum BackupVerdict {
     },
 }
 
-pub fn after_backup_claim(
-    outcome: ClaimOutcome,
-    primary: &str,
+/// What a backup does after its claim was denied, given the arbiter's
+/// record then: only the very process it replicated (its name and its
+/// incarnation) at a later generation explains the denial.
+pub fn after_backup_denial(
+    record: &ArbiterState,
+    primary: &Claimant,
     primary_generation: u64,
 ) -> BackupVerdict {
-    match outcome {
-        ClaimOutcome::Granted { generation } => BackupVerdict::GoLive { generation },
-        ClaimOutcome::Denied {
-            generation,
-            owner: Some(owner),
-        } if owner == primary && generation > primary_generation => {
-            BackupVerdict::StandDown { generation, owner }
+    match &record.owner {
+        Some(owner) if record.is_owned_by(primary) && record.generation > primary_generation => {
+            BackupVerdict::StandDown {
+                generation: record.generation,
+                owner: owner.clone(),
+            }
         }
-        ClaimOutcome::Denied { generation, owner } => BackupVerdict::Hold { generation, owner },
+        owner => BackupVerdict::Hold {
+            generation: record.generation,
+            owner: owner.clone(),
+        },
     }
 }
 
-/// A holding backup may claim again when the record is back where it
-/// left it, or an operator released it; otherwise it keeps waiting.
-pub fn holding_claim(record: &ArbiterState, primary_generation: u64) -> Option<u64> {
-    (record.owner.is_none() || record.generation == primary_generation).then_some(record.generation)
+/// A holding backup claims again once an operator released the record.
+pub fn holding_claim(record: &ArbiterState) -> Option<u64> {
+    record.owner.is_none().then_some(record.generation)
 }
 
 /// How much a primary may run ahead of its backup and its network before
@@ -236,22 +240,20 @@ impl Default for Bounds {
     }
 }
 
-/// What the primary has outstanding.
+/// What the primary's log has outstanding at the backup.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Outstanding {
     pub unacked_entries: u64,
     pub unacked_bytes: u64,
-    pub held_outputs: u64,
 }
 
-/// The first bound `outstanding` exceeds, named for the log.
+/// The first log bound `outstanding` exceeds, named for the log (held
+/// outputs are bounded by the output gate itself).
 pub fn over_bound(outstanding: Outstanding, bounds: Bounds) -> Option<&'static str> {
     if outstanding.unacked_entries > bounds.unacked_entries {
         Some("unacknowledged entries")
     } else if outstanding.unacked_bytes > bounds.unacked_bytes {
         Some("unacknowledged bytes")
-    } else if outstanding.held_outputs > bounds.held_outputs {
-        Some("held outputs")
     } else {
         None
     }
@@ -277,12 +279,16 @@ mod tests {
     use super::*;
 
     const SILENCE: Duration = Duration::from_millis(500);
+    const A: Claimant = Claimant {
+        node: "a",
+        incarnation: 7,
+    };
 
-    fn record(generation: u64, owner: Option<&str>) -> ArbiterState {
+    fn record(generation: u64, owner: Option<&str>, incarnation: u64) -> ArbiterState {
         ArbiterState {
             generation,
             owner: owner.map(str::to_owned),
-            incarnation: 1,
+            incarnation,
         }
     }
 
@@ -300,9 +306,11 @@ mod tests {
         let fresh = Duration::from_millis(10);
         assert_eq!(releasable_below(backup(None, fresh, now), now), 0);
         for acked in [0, 1, 41, 1 << 40] {
-            let below = releasable_below(backup(Some(acked), fresh, now), now);
-            assert_eq!(below, acked + 1);
-            assert!(acked + 1 >= below, "seq {} would be released", acked + 1);
+            // Everything up to the ack may go; the next seq may not.
+            assert_eq!(
+                releasable_below(backup(Some(acked), fresh, now), now),
+                acked + 1
+            );
         }
     }
 
@@ -324,29 +332,35 @@ mod tests {
             0
         );
         assert_eq!(releasable_below(lease(Some(now + SILENCE)), now), u64::MAX);
-        assert_eq!(releasable_below(Authority::Nothing, now), 0);
     }
 
     #[test]
-    fn a_starting_primary_never_deposes_a_running_pair() {
+    fn a_lease_ends_here_before_it_ends_at_the_arbiter() {
+        let asked = Instant::now();
+        let end = lease_end(asked, 1000);
+        assert!(end < asked + Duration::from_millis(1000));
+        assert!(end > asked);
+        assert_eq!(lease_end(asked, 0), asked);
+    }
+
+    #[test]
+    fn a_starting_primary_never_deposes_an_owner_by_itself() {
         assert_eq!(
-            start_claim(&ArbiterState::INITIAL, "a", false),
+            start_claim(&ArbiterState::INITIAL, false),
             StartClaim::Claim { expected: 0 }
         );
         assert_eq!(
-            start_claim(&record(4, None), "a", false),
+            start_claim(&record(4, None, 0), false),
             StartClaim::Claim { expected: 4 }
         );
+        for owner in ["a", "b"] {
+            let StartClaim::Refuse(reason) = start_claim(&record(4, Some(owner), 1), false) else {
+                panic!("claimed {owner}'s record");
+            };
+            assert!(reason.contains("--takeover"), "{reason}");
+        }
         assert_eq!(
-            start_claim(&record(4, Some("a")), "a", false),
-            StartClaim::Claim { expected: 4 }
-        );
-        let StartClaim::Refuse(reason) = start_claim(&record(4, Some("b")), "a", false) else {
-            panic!("claimed another node's record");
-        };
-        assert!(reason.contains("--takeover"), "{reason}");
-        assert_eq!(
-            start_claim(&record(4, Some("b")), "a", true),
+            start_claim(&record(4, Some("b"), 1), true),
             StartClaim::Claim { expected: 4 }
         );
     }
@@ -368,57 +382,43 @@ mod tests {
                 owner: Some("b".into())
             }
         );
-        let refused = RenewOutcome::Denied {
-            generation: 4,
-            owner: Some("x".into()),
-        };
-        assert!(matches!(after_renew(refused), Verdict::Deposed { .. }));
-        assert_eq!(
-            after_renew(RenewOutcome::Leased {
-                generation: 3,
-                lease_ms: 500
-            }),
-            Verdict::Serve { generation: 3 }
-        );
     }
 
     #[test]
-    fn a_backup_gives_up_its_replica_only_to_its_own_primary() {
-        let denied = |generation, owner: Option<&str>| ClaimOutcome::Denied {
-            generation,
-            owner: owner.map(str::to_owned),
-        };
+    fn a_backup_gives_up_its_replica_only_to_its_own_primary_process() {
+        // The primary (same process) won the partition.
         assert_eq!(
-            after_backup_claim(ClaimOutcome::Granted { generation: 2 }, "a", 1),
-            BackupVerdict::GoLive { generation: 2 }
-        );
-        // The primary won the partition.
-        assert_eq!(
-            after_backup_claim(denied(2, Some("a")), "a", 1),
+            after_backup_denial(&record(2, Some("a"), 7), &A, 1),
             BackupVerdict::StandDown {
                 generation: 2,
                 owner: "a".into()
             }
         );
-        // A stray claim by someone else: keep the replica.
+        // Another process under the primary's name: a restart from boot,
+        // or a forged claim. The replica may be the only good state.
+        assert!(matches!(
+            after_backup_denial(&record(2, Some("a"), 8), &A, 1),
+            BackupVerdict::Hold { .. }
+        ));
+        // A stray claim by someone else.
         assert_eq!(
-            after_backup_claim(denied(2, Some("x")), "a", 1),
+            after_backup_denial(&record(2, Some("x"), 9), &A, 1),
             BackupVerdict::Hold {
                 generation: 2,
                 owner: Some("x".into())
             }
         );
         assert!(matches!(
-            after_backup_claim(denied(2, None), "a", 1),
+            after_backup_denial(&record(2, None, 0), &A, 1),
             BackupVerdict::Hold { .. }
         ));
     }
 
     #[test]
-    fn a_holding_backup_claims_again_only_a_record_it_can_explain() {
-        assert_eq!(holding_claim(&record(2, Some("x")), 1), None);
-        assert_eq!(holding_claim(&record(2, None), 1), Some(2));
-        assert_eq!(holding_claim(&record(1, Some("a")), 1), Some(1));
+    fn a_holding_backup_claims_again_only_a_released_record() {
+        assert_eq!(holding_claim(&record(2, Some("x"), 9)), None);
+        assert_eq!(holding_claim(&record(1, Some("a"), 7)), None);
+        assert_eq!(holding_claim(&record(2, None, 0)), Some(2));
     }
 
     #[test]
@@ -428,21 +428,16 @@ mod tests {
             unacked_bytes: 100,
             held_outputs: 5,
         };
-        let at = |e, b, h| Outstanding {
-            unacked_entries: e,
-            unacked_bytes: b,
-            held_outputs: h,
+        let at = |unacked_entries, unacked_bytes| Outstanding {
+            unacked_entries,
+            unacked_bytes,
         };
-        assert_eq!(over_bound(at(10, 100, 5), bounds), None);
+        assert_eq!(over_bound(at(10, 100), bounds), None);
         assert_eq!(
-            over_bound(at(11, 0, 0), bounds),
+            over_bound(at(11, 0), bounds),
             Some("unacknowledged entries")
         );
-        assert_eq!(
-            over_bound(at(0, 101, 0), bounds),
-            Some("unacknowledged bytes")
-        );
-        assert_eq!(over_bound(at(0, 0, 6), bounds), Some("held outputs"));
+        assert_eq!(over_bound(at(0, 101), bounds), Some("unacknowledged bytes"));
     }
 
     #[test]
@@ -461,7 +456,5 @@ mod tests {
         for role in Role::ALL {
             assert_eq!(Role::from_u8(role as u8), role);
         }
-        assert!(Role::Primary.serves() && Role::Alone.serves());
-        assert!(!Role::Deposed.serves() && !Role::Holding.serves());
     }
 }

@@ -38,8 +38,10 @@ pub struct RunArgs {
     backup: Option<SocketAddr>,
     #[command(flatten)]
     replication: Option<ReplicationArgs>,
-    /// Claim the service even if the arbiter says another node owns it
-    /// (that node is then deposed): for an operator who knows it is gone.
+    /// Claim the service even if the arbiter says a node owns it: for an
+    /// operator who knows that node and its backup are gone (a protected
+    /// owner that is alive is deposed at its next lease renewal; one
+    /// serving alone holds the claim off until its lease runs out).
     #[arg(long, requires = "backup")]
     takeover: bool,
     /// How long to keep trying to reach the backup at start.
@@ -145,11 +147,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let record = arbitration
         .record()
         .with_context(|| format!("ask the arbiter {} who serves", replication_args.arbiter))?;
-    let expected = match start_claim(&record, &replication_args.node, args.takeover) {
+    let expected = match start_claim(&record, args.takeover) {
         StartClaim::Claim { expected } => expected,
         StartClaim::Refuse(reason) => bail!("{reason}"),
     };
-    let generation = match arbitration.claim(expected, &node.stop)? {
+    // Within the time the backup waits for our start.
+    let deadline = Instant::now() + replication_args.channel_config().start_timeout / 2;
+    let generation = match arbitration.claim(expected, &node.stop, Some(deadline))? {
         ClaimOutcome::Granted { generation } => generation,
         ClaimOutcome::Denied { generation, owner } => {
             bail!("the arbiter gave generation {generation} to {owner:?} first: another primary is starting")

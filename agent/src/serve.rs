@@ -5,22 +5,27 @@
 //! of the entry that records it; the [`Releaser`] thread sends it once the
 //! node's authority allows ([`role::releasable_below`]): a protected primary
 //! needs the backup's ack, a node serving alone a live lease. The vCPU
-//! never waits for the network, except when more output is held than the
-//! bound allows.
+//! never waits for the network, except at an exit where more output is
+//! held than the bound allows (and, in [`crate::replication`], where the
+//! backup lags past the log's bounds).
 //!
-//! When the backup is lost, nothing more is released until the arbiter has
-//! answered: granted, the node serves alone under a lease it renews at
-//! heartbeat rate; denied (or a renewal refused), the node is deposed: the
-//! fence goes up, held output is dropped, the vCPU stops at its next exit.
-//! An arbiter error that no retry can change halts it the same way.
+//! Both modes renew a lease at heartbeat rate; a refused renewal deposes
+//! the node. When the backup is lost, nothing more is released until the
+//! arbiter has answered: granted, the node serves alone under its lease;
+//! denied, the node is deposed: the fence goes up, held output is dropped,
+//! the vCPU stops at its next exit. An arbiter error that no retry can
+//! change halts it the same way.
+//!
+//! [`role::releasable_below`]: crate::role::releasable_below
 
 use crate::arbitration::{worth_retrying, Arbitration};
 use crate::audit::{Audit, Via};
 use crate::node::ReleaseNow;
 use crate::replication::Replication;
-use crate::role::{after_claim, after_renew, releasable_below, Authority, Role, Verdict};
+use crate::role::{after_claim, lease_end, releasable_below, Authority, Role, Verdict};
 use crate::status::Status;
 use anyhow::{Context, Result};
+use arbiter::RenewOutcome;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
@@ -173,11 +178,29 @@ pub enum ReleaserEnd {
 
 /// What the releaser knows of its right to release.
 enum Mode {
+    /// Protected: the backup's acks authorise output.
     Protected(Arc<Replication>),
-    Alone {
-        valid_until: Option<Instant>,
-        next_renewal: Instant,
-    },
+    /// Serving alone: the lease authorises output.
+    Alone,
+}
+
+/// The node's lease at the arbiter, renewed at heartbeat rate in both
+/// modes, so that a protected primary too learns within a heartbeat that
+/// an operator took the service over or released it. Only a node serving
+/// alone asks for time (which holds other claims off): a protected
+/// primary's backup must be able to take over the moment it is lost.
+struct Lease {
+    /// Until when it allows releases here (see [`role::lease_end`]).
+    valid_until: Option<Instant>,
+    next_renewal: Instant,
+}
+
+/// What the releaser thread hands back when it ends.
+pub struct Released {
+    pub end: ReleaserEnd,
+    pub out: ReleaseNow,
+    pub arbitration: Arbitration,
+    pub generation: u64,
 }
 
 pub struct Releaser {
@@ -188,7 +211,7 @@ pub struct Releaser {
     /// The silence timeout: how long the backup's acks stay good without
     /// hearing from it, and the lease asked of the arbiter.
     pub silence: Duration,
-    /// How often a node serving alone renews its lease.
+    /// How often the lease is renewed.
     pub renew_every: Duration,
     pub control: RoleControl,
     /// Stops the vCPU when the node is deposed or halted.
@@ -204,26 +227,41 @@ const POLL: Duration = Duration::from_millis(20);
 
 impl Releaser {
     /// Releases for a protected primary replicating over `link`.
-    pub fn spawn_protected(self, link: Arc<Replication>) -> JoinHandle<(ReleaserEnd, ReleaseNow)> {
+    pub fn spawn_protected(self, link: Arc<Replication>) -> JoinHandle<Released> {
         std::thread::spawn(move || self.run(Mode::Protected(link)))
     }
 
-    /// Releases for a node serving alone (it must renew a lease first).
-    pub fn spawn_alone(self) -> JoinHandle<(ReleaserEnd, ReleaseNow)> {
-        let mode = Mode::Alone {
+    /// Releases for a node serving alone (it must renew its lease first).
+    pub fn spawn_alone(self) -> JoinHandle<Released> {
+        std::thread::spawn(move || self.run(Mode::Alone))
+    }
+
+    fn run(mut self, mut mode: Mode) -> Released {
+        let mut lease = Lease {
             valid_until: None,
             next_renewal: Instant::now(),
         };
-        std::thread::spawn(move || self.run(mode))
+        let end = self.serve(&mut mode, &mut lease);
+        let end = self.end(end, &mode);
+        Released {
+            end,
+            out: self.out,
+            arbitration: self.arbitration,
+            generation: self.generation,
+        }
     }
 
-    fn run(mut self, mut mode: Mode) -> (ReleaserEnd, ReleaseNow) {
+    fn serve(&mut self, mode: &mut Mode, lease: &mut Lease) -> ReleaserEnd {
         let mut drain_deadline = None;
         loop {
-            if let Err(end) = self.keep_authority(&mut mode) {
-                return (self.end(end), self.out);
+            if let Err(end) = self.follow_backup(mode) {
+                return end;
             }
-            let (authority, via) = match &mode {
+            let alone = matches!(mode, Mode::Alone);
+            if let Err(end) = self.renew_when_due(lease, alone) {
+                return end;
+            }
+            let (authority, via) = match &*mode {
                 Mode::Protected(link) => (
                     Authority::Backup {
                         acked: link.link().acked_seq(),
@@ -232,33 +270,34 @@ impl Releaser {
                     },
                     Via::Ack,
                 ),
-                Mode::Alone { valid_until, .. } => (
+                Mode::Alone => (
                     Authority::Lease {
-                        valid_until: *valid_until,
+                        valid_until: lease.valid_until,
                     },
                     Via::Lease,
                 ),
             };
             let below = releasable_below(authority, Instant::now());
             let (released, waiting_for, closed) = self.release_below(below, via);
-            if let (Some(seq), Mode::Protected(link)) = (released, &mode) {
+            if let (Some(seq), Mode::Protected(link)) = (released, &*mode) {
                 let _ = link.link().send_released(seq);
             }
             match (waiting_for, closed) {
-                (None, true) => return (ReleaserEnd::Done, self.out),
+                (None, true) => return ReleaserEnd::Done,
                 (Some(_), true)
                     if Instant::now()
                         > *drain_deadline.get_or_insert(Instant::now() + DRAIN_LIMIT) =>
                 {
                     tracing::warn!("stopping with output that could not be released");
-                    return (ReleaserEnd::Done, self.out);
+                    return ReleaserEnd::Done;
                 }
-                (Some(seq), _) => match &mode {
+                (Some(seq), _) => match &*mode {
                     Mode::Protected(link) => {
                         link.link().wait_acked(seq, POLL);
                     }
-                    Mode::Alone { next_renewal, .. } => std::thread::sleep(
-                        next_renewal
+                    Mode::Alone => std::thread::sleep(
+                        lease
+                            .next_renewal
                             .saturating_duration_since(Instant::now())
                             .min(POLL),
                     ),
@@ -268,92 +307,94 @@ impl Releaser {
         }
     }
 
-    /// Keeps the authority to release current: asks the arbiter when the
-    /// backup is lost, renews the lease when due.
-    fn keep_authority(&mut self, mode: &mut Mode) -> Result<(), ReleaserEnd> {
-        match mode {
-            Mode::Protected(link) => {
-                let Some(reason) = link.link().failure() else {
-                    return Ok(());
-                };
-                link.stop_replicating();
-                tracing::warn!(%reason, generation = self.generation,
-                    "lost the backup; asking the arbiter before releasing more output");
-                let outcome = self
-                    .arbitration
-                    .claim(self.generation, &self.stop)
-                    .map_err(|e| ReleaserEnd::Halted(format!("{e:#}")))?;
-                match after_claim(outcome) {
-                    Verdict::Serve { generation } => {
-                        tracing::info!(generation, "the arbiter chose us: serving alone");
-                        self.generation = generation;
-                        self.control
-                            .status
-                            .generation
-                            .store(generation, Ordering::Relaxed);
-                        self.control.status.set_role(Role::Alone);
-                        *mode = Mode::Alone {
-                            valid_until: None,
-                            next_renewal: Instant::now(),
-                        };
-                        Ok(())
-                    }
-                    Verdict::Deposed { generation, owner } => {
-                        Err(ReleaserEnd::Deposed { generation, owner })
-                    }
-                }
+    /// A protected primary whose backup is lost asks the arbiter before it
+    /// releases anything more: granted, it serves alone; denied, deposed.
+    /// A link that ends once the guest has stopped is the clean stop, not a
+    /// lost backup (the backup stops at the guest's `Halt`).
+    fn follow_backup(&mut self, mode: &mut Mode) -> Result<(), ReleaserEnd> {
+        let Mode::Protected(link) = &*mode else {
+            return Ok(());
+        };
+        let Some(reason) = link.link().failure() else {
+            return Ok(());
+        };
+        link.stop_replicating();
+        if self.gate.lock().closed {
+            tracing::info!(%reason, "the log channel ended after the guest stopped");
+            return Err(ReleaserEnd::Done);
+        }
+        tracing::warn!(%reason, generation = self.generation,
+            "lost the backup; asking the arbiter before releasing more output");
+        let outcome = self
+            .arbitration
+            .claim(self.generation, &self.stop, None)
+            .map_err(|e| ReleaserEnd::Halted(format!("{e:#}")))?;
+        match after_claim(outcome) {
+            Verdict::Serve { generation } => {
+                tracing::info!(generation, "the arbiter chose us: serving alone");
+                self.generation = generation;
+                let status = &self.control.status;
+                status.generation.store(generation, Ordering::Relaxed);
+                status.set_role(Role::Alone);
+                *mode = Mode::Alone;
+                Ok(())
             }
-            Mode::Alone {
-                valid_until,
-                next_renewal,
-            } => {
-                if Instant::now() < *next_renewal {
-                    return Ok(());
-                }
-                let asked_at = Instant::now();
-                *next_renewal = asked_at + self.renew_every;
-                match self.arbitration.renew(self.generation, self.silence) {
-                    Ok(outcome) => match (after_renew(outcome.clone()), outcome) {
-                        (Verdict::Serve { .. }, arbiter::RenewOutcome::Leased { lease_ms, .. }) => {
-                            if valid_until.is_none_or(|until| until <= asked_at) {
-                                tracing::info!(
-                                    generation = self.generation,
-                                    lease_ms,
-                                    "holding the arbiter's lease"
-                                );
-                                self.control.status.set_alarm("");
-                            }
-                            *valid_until = Some(asked_at + Duration::from_millis(lease_ms.into()));
-                            Ok(())
-                        }
-                        (Verdict::Deposed { generation, owner }, _) => {
-                            Err(ReleaserEnd::Deposed { generation, owner })
-                        }
-                        (Verdict::Serve { .. }, denied) => Err(ReleaserEnd::Halted(format!(
-                            "unexpected renewal answer {denied:?}"
-                        ))),
-                    },
-                    Err(e) if worth_retrying(&e) => {
-                        if valid_until.is_some_and(|until| until <= Instant::now()) {
-                            self.control.status.set_alarm(&format!(
-                                "lease expired, releasing nothing: cannot renew at {}: {e}",
-                                self.arbitration.addr()
-                            ));
-                        }
-                        tracing::warn!("renewing the lease: {e}");
-                        Ok(())
-                    }
-                    Err(e) => Err(ReleaserEnd::Halted(format!(
-                        "renewing the lease at {}: {e}",
-                        self.arbitration.addr()
-                    ))),
-                }
+            Verdict::Deposed { generation, owner } => {
+                Err(ReleaserEnd::Deposed { generation, owner })
             }
         }
     }
 
-    /// Fences the node for an end that is not `Done`.
-    fn end(&mut self, end: ReleaserEnd) -> ReleaserEnd {
+    /// Renews the lease when due. Refused: deposed. Unreachable: the lease
+    /// runs out (a node serving alone then releases nothing, with an alarm).
+    fn renew_when_due(&mut self, lease: &mut Lease, alone: bool) -> Result<(), ReleaserEnd> {
+        let asked_at = Instant::now();
+        if asked_at < lease.next_renewal {
+            return Ok(());
+        }
+        lease.next_renewal = asked_at + self.renew_every;
+        let ask = if alone { self.silence } else { Duration::ZERO };
+        match self.arbitration.renew(self.generation, ask) {
+            Ok(RenewOutcome::Leased { lease_ms, .. }) => {
+                if alone && lease.valid_until.is_none_or(|until| until <= asked_at) {
+                    tracing::info!(
+                        generation = self.generation,
+                        lease_ms,
+                        "holding the arbiter's lease"
+                    );
+                    self.control.status.set_alarm("");
+                }
+                lease.valid_until = Some(lease_end(asked_at, lease_ms));
+                Ok(())
+            }
+            Ok(RenewOutcome::Denied { generation, owner }) => {
+                Err(ReleaserEnd::Deposed { generation, owner })
+            }
+            Err(e) if worth_retrying(&e) => {
+                if alone
+                    && lease
+                        .valid_until
+                        .is_some_and(|until| until <= Instant::now())
+                {
+                    self.control.status.set_alarm(&format!(
+                        "lease expired: cannot renew at {}: {e}",
+                        self.arbitration.addr()
+                    ));
+                }
+                tracing::warn!("renewing the lease: {e}");
+                Ok(())
+            }
+            Err(e) => Err(ReleaserEnd::Halted(format!(
+                "renewing the lease at {}: {e}",
+                self.arbitration.addr()
+            ))),
+        }
+    }
+
+    /// Fences the node for an end that is not `Done`. The backup is told
+    /// nothing more: the `Halt` of the stopping vCPU would stop it too,
+    /// where it may have to take over.
+    fn end(&mut self, end: ReleaserEnd, mode: &Mode) -> ReleaserEnd {
         let role = match &end {
             ReleaserEnd::Done => return end,
             ReleaserEnd::Deposed { generation, owner } => {
@@ -370,6 +411,9 @@ impl Releaser {
                 Role::Halted
             }
         };
+        if let Mode::Protected(link) = mode {
+            link.stop_replicating();
+        }
         self.control.fence(role);
         self.gate.discard();
         self.stop.store(true, Ordering::Relaxed);
@@ -449,12 +493,14 @@ pub fn releaser_exit(end: &ReleaserEnd) -> Option<std::process::ExitCode> {
 }
 
 /// Runs the guest until it stops, then ends the releaser and the node: the
-/// one ending of every serving run, primary or backup gone live.
+/// one ending of every serving run, primary or backup gone live. A clean
+/// stop releases the node's generation at the arbiter, so that the next
+/// start may claim it without `--takeover`.
 pub fn finish_serving(
     recorder: vmm::Recorder,
     mut log: crate::node::NodeLog,
     gate: OutputGate,
-    releaser: JoinHandle<(ReleaserEnd, ReleaseNow)>,
+    releaser: JoinHandle<Released>,
     node: crate::node::Node,
     status: &Status,
 ) -> Result<std::process::ExitCode> {
@@ -468,13 +514,25 @@ pub fn finish_serving(
         }
     }
     let drops = node.finish();
-    let (end, out) = joined.map_err(|_| anyhow::anyhow!("the releaser thread panicked"))?;
+    let Released {
+        end,
+        out,
+        mut arbitration,
+        generation,
+    } = joined.map_err(|_| anyhow::anyhow!("the releaser thread panicked"))?;
     if let Some(code) = releaser_exit(&end) {
         return Ok(code);
     }
+    let summary = result?;
+    if matches!(summary.guest_exit_code, None | Some(0)) {
+        match arbitration.release(generation) {
+            Ok(state) => tracing::info!(generation, current = state.generation, "released our generation at the arbiter"),
+            Err(e) => tracing::warn!(generation, "could not release our generation at the arbiter (the next start needs --takeover): {e}"),
+        }
+    }
     Ok(crate::node::conclude(
         status,
-        &result?,
+        &summary,
         drops,
         out.send_errors,
         log_bytes,

@@ -58,23 +58,26 @@ pub(crate) struct Ledger {
 impl Ledger {
     /// Locks and loads the state file, first creating it at generation 0
     /// if it is missing and `create_if_missing` is set. Leases are not
-    /// stored, so a reopened ledger assumes the owner holds one for
-    /// `max_lease`: it may have renewed just before a crash.
+    /// stored, so a ledger reopened on an existing file holds every claim
+    /// off for `max_lease`: its owner, or the owner it had before a
+    /// release, may have renewed just before a crash. (`max_lease` must
+    /// therefore never shrink across restarts.)
     pub fn open(
         path: &Path,
         create_if_missing: bool,
         max_lease: Duration,
     ) -> Result<Ledger, StoreError> {
         let lock = store::lock(path)?;
-        let state = match store::load(path) {
+        let (state, existed) = match store::load(path) {
             Err(StoreError::Missing(_)) if create_if_missing => {
                 store::persist(path, &ArbiterState::INITIAL)?;
                 tracing::warn!(path = %path.display(), "created a new state file at generation 0");
-                ArbiterState::INITIAL
+                (ArbiterState::INITIAL, false)
             }
-            loaded => loaded?,
+            loaded => (loaded?, true),
         };
-        let lease = state.owner.is_some().then(|| Lease {
+        // Incarnation 0 is no claimant's: the hold-off applies to all.
+        let lease = existed.then(|| Lease {
             incarnation: state.incarnation,
             until: Instant::now() + max_lease,
         });
@@ -158,8 +161,8 @@ impl Ledger {
         }
     }
 
-    /// Clears the owner of `generation` (an operator's command, or a node
-    /// that stops for good). The lease, if any, still runs out first: the
+    /// Clears the owner of `generation` (a node's clean stop, or an
+    /// operator's command). The lease, if any, still runs out first: the
     /// released owner may be serving until then.
     pub fn release(&mut self, generation: u64) -> Result<ArbiterState, LedgerError> {
         if let Some(next) = release(&self.state, generation) {
@@ -286,6 +289,23 @@ mod tests {
                 owner: Some("b".into())
             }
         );
+    }
+
+    #[test]
+    fn a_reopened_ledger_holds_claims_off_even_on_a_released_record() {
+        let dir = TempDir::new();
+        let path = dir.0.join("state");
+        let mut ledger = Ledger::open(&path, true, LEASE).unwrap();
+        ledger.claim(&A, 0).unwrap();
+        ledger.release(1).unwrap();
+        drop(ledger);
+        let mut ledger = Ledger::open(&path, false, LEASE).unwrap();
+        assert!(matches!(
+            ledger.claim(&B, 1),
+            Err(LedgerError::Leased { .. })
+        ));
+        std::thread::sleep(LEASE + Duration::from_millis(50));
+        assert!(ledger.claim(&B, 1).is_ok());
     }
 
     #[test]

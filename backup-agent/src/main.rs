@@ -19,10 +19,11 @@ use agent::arbitration::Arbitration;
 use agent::audit::Audit;
 use agent::config::{config_hash, GuestArgs, ReplicationArgs};
 use agent::node::{Node, NodeLog, ReleaseNow};
-use agent::role::{after_backup_claim, holding_claim, BackupVerdict, Role};
+use agent::role::{after_backup_denial, holding_claim, BackupVerdict, Role};
 use agent::serve::{finish_serving, OutputGate, Releaser, RoleControl, EXIT_DEPOSED};
 use agent::status::Status;
 use anyhow::{Context, Result};
+use arbiter::{ClaimOutcome, Claimant};
 use clap::Parser;
 use logchannel::{BackupListener, Hello, Verify};
 use source::{ChannelSource, Session, Unreleased};
@@ -163,7 +164,8 @@ fn run(args: Args) -> Result<ExitCode> {
 fn verify_with(arbiter_addr: SocketAddr) -> Verify {
     Arc::new(move |hello: &Hello, generation: u64| {
         let (node, incarnation) = (hello.node.clone(), hello.incarnation);
-        // A thread of its own: the caller is on the channel's runtime.
+        // A thread of its own: the caller is a blocking thread of the
+        // channel's runtime, where another runtime cannot block.
         std::thread::spawn(move || {
             let mut arbitration =
                 Arbitration::new(arbiter_addr, &node, incarnation, Duration::from_secs(2))
@@ -228,10 +230,40 @@ impl GoLive {
             incarnation,
             replication.silence(),
         )?;
+        let primary = Claimant {
+            node: &session.primary,
+            incarnation: session.incarnation,
+        };
         let mut expected = session.generation;
         let generation = loop {
-            let outcome = arbitration.claim(expected, &node.stop)?;
-            match after_backup_claim(outcome, &session.primary, session.generation) {
+            let verdict = match arbitration.claim(expected, &node.stop, None) {
+                Ok(ClaimOutcome::Granted { generation }) => BackupVerdict::GoLive { generation },
+                Ok(ClaimOutcome::Denied { generation, owner }) => match arbitration.record() {
+                    Ok(record) => after_backup_denial(&record, &primary, session.generation),
+                    Err(e) => {
+                        tracing::warn!("reading the arbiter's record after a denial: {e}");
+                        BackupVerdict::Hold { generation, owner }
+                    }
+                },
+                Err(e) if node.stop.load(Ordering::Relaxed) => {
+                    tracing::info!("stopped while claiming: {e:#}");
+                    BackupVerdict::Hold {
+                        generation: expected,
+                        owner: None,
+                    }
+                }
+                Err(e) => {
+                    // Whatever the arbiter's trouble, this may be the only
+                    // up-to-date replica: keep it.
+                    status.set_alarm(&format!("cannot claim at the arbiter: {e:#}"));
+                    tracing::error!("cannot claim at the arbiter, keeping the replica: {e:#}");
+                    BackupVerdict::Hold {
+                        generation: expected,
+                        owner: None,
+                    }
+                }
+            };
+            match verdict {
                 BackupVerdict::GoLive { generation } => break generation,
                 BackupVerdict::StandDown { generation, owner } => {
                     tracing::error!(generation, %owner, "our primary won generation {generation}: this replica is stale; stopping");
@@ -240,18 +272,19 @@ impl GoLive {
                     return Ok(ExitCode::from(EXIT_DEPOSED));
                 }
                 BackupVerdict::Hold { generation, owner } => {
-                    let alarm = format!(
-                        "cannot go live: the arbiter gives generation {generation} to {:?}, not to \
-                         our primary {:?}; keeping the replica (release the record with \
-                         `arbiter release --generation {generation}` if {:?} does not serve)",
-                        owner.as_deref().unwrap_or("-"),
-                        session.primary,
-                        owner.as_deref().unwrap_or("-"),
-                    );
-                    tracing::error!("{alarm}");
+                    if let Some(owner) = &owner {
+                        let alarm = format!(
+                            "cannot go live: the arbiter gives generation {generation} to {owner:?}, \
+                             not to the primary {:?} this backup replicated; keeping the replica \
+                             (if {owner:?} serves nothing, `arbiter release --generation {generation}` \
+                             lets this backup go live)",
+                            session.primary,
+                        );
+                        tracing::error!("{alarm}");
+                        status.set_alarm(&alarm);
+                    }
                     status.set_role(Role::Holding);
-                    status.set_alarm(&alarm);
-                    match wait_for_claimable(&mut arbitration, &node, session.generation) {
+                    match wait_for_claimable(&mut arbitration, &node) {
                         Some(next) => expected = next,
                         None => {
                             tracing::info!("stopped while holding the replica");
@@ -310,11 +343,7 @@ impl GoLive {
 
 /// Asks the arbiter every second until its record is one this backup may
 /// claim (see [`holding_claim`]); `None` if the node is told to stop first.
-fn wait_for_claimable(
-    arbitration: &mut Arbitration,
-    node: &Node,
-    primary_generation: u64,
-) -> Option<u64> {
+fn wait_for_claimable(arbitration: &mut Arbitration, node: &Node) -> Option<u64> {
     loop {
         std::thread::sleep(HOLD_RETRY);
         if node.stop.load(Ordering::Relaxed) {
@@ -322,7 +351,7 @@ fn wait_for_claimable(
         }
         match arbitration.record() {
             Ok(record) => {
-                if let Some(expected) = holding_claim(&record, primary_generation) {
+                if let Some(expected) = holding_claim(&record) {
                     tracing::info!(
                         generation = record.generation,
                         "the arbiter's record can be claimed again"

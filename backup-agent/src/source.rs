@@ -43,6 +43,7 @@ impl Unreleased {
 #[derive(Clone, Debug)]
 pub struct Session {
     pub primary: String,
+    pub incarnation: u64,
     pub generation: u64,
 }
 
@@ -95,6 +96,7 @@ impl ChannelSource {
                 tracing::info!(%peer, node = %hello.node, generation, "replicating from the primary");
                 self.session = Some(Session {
                     primary: hello.node,
+                    incarnation: hello.incarnation,
                     generation,
                 });
                 self.status.generation.store(generation, Ordering::Relaxed);

@@ -1,8 +1,9 @@
 //! Reads the nodes' release records (`--release-record`, written by
-//! `agent::audit`) and checks the two promises of the output rule after the
-//! fact: no two nodes ever release output in the same generation, and no
-//! frame leaves a protected primary before the backup acknowledged its
-//! entry.
+//! `agent::audit`) and checks the promises of the output rule after the
+//! fact: no two nodes ever release output in the same generation, no node
+//! releases in a generation after another node released in a later one
+//! (two primaries, whatever their generations), and no frame leaves a
+//! protected primary before the backup acknowledged its entry.
 
 use anyhow::{bail, Context, Result};
 
@@ -107,6 +108,20 @@ pub fn violations(records: &[Record]) -> Vec<String> {
         }
     }
     for record in records {
+        let overtaken = record.releases().find_map(|line| {
+            records
+                .iter()
+                .filter(|other| other.node != record.node)
+                .flat_map(|other| other.releases().map(move |l| (other, l)))
+                .find(|(_, newer)| newer.generation > line.generation && newer.micros < line.micros)
+                .map(|(other, newer)| (line, other, newer))
+        });
+        if let Some((line, other, newer)) = overtaken {
+            found.push(format!(
+                "{} released in generation {} at {} µs, after {} had released in generation {} at {} µs",
+                record.node, line.generation, line.micros, other.node, newer.generation, newer.micros
+            ));
+        }
         let acks: Vec<&Line> = records
             .iter()
             .filter(|other| other.node != record.node)
@@ -167,6 +182,21 @@ mod tests {
         let found = violations(&[a, b]);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains("both released"), "{found:?}");
+    }
+
+    #[test]
+    fn an_old_primary_releasing_after_a_newer_one_is_caught() {
+        let a = record(
+            "a",
+            "5 ack gen=2 seq=1\n10 release gen=1 seq=9 n=1 via=lease\n",
+        );
+        let b = record("b", "8 release gen=2 seq=1 n=1 via=lease\n");
+        let found = violations(&[a, b]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("after b had released in generation 2"),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -142,14 +142,16 @@ fn clean_stop_leaves_the_backup_with_the_primarys_state_hash() {
     eprintln!("primary: {primary:?}\nbackup: {backup:?}");
     assert_eq!(backup.get("state_hash"), primary.get("state_hash"));
     assert_eq!(backup.number("exits"), primary.number("exits"));
-    // Nothing failed over: the primary's own claim at start is the only one.
+    // Nothing failed over: the primary's own claim at start is the only
+    // one, and its clean stop released it for the next start.
     assert_eq!(
         cluster.arbiter_state().unwrap(),
         ArbiterState {
             generation: 1,
-            owner: "a".into()
+            owner: "-".into()
         }
     );
+    assert_eq!(cluster.arbiter_grants().unwrap(), [1]);
 }
 
 #[test]
@@ -566,6 +568,35 @@ fn a_rogue_claim_never_makes_two_primaries_and_the_replica_is_kept() {
     );
     let report = checker_report(checker);
     assert_history(&cluster, "rogue", &report);
+    assert_release_records_hold(&cluster);
+    cluster.stop(Host::B).unwrap();
+}
+
+#[test]
+fn releasing_a_running_pairs_generation_deposes_its_primary_and_fails_over_safely() {
+    let _one = exclusive();
+    let mut cluster = replicated_pair("fo");
+    let before = cluster.arbiter_state().unwrap();
+    let checker = start_history(&cluster, "released", 100);
+
+    // The operator says the owner is gone, though it is not: the primary
+    // learns at its next lease renewal and stops; the backup, which has
+    // everything the primary released, takes over.
+    let generation = before.generation.to_string();
+    let released = cluster
+        .arbiter_command(&["release", "--generation", &generation])
+        .unwrap();
+    assert!(released.status.success(), "{released:?}");
+    let ended = cluster.wait_exit(Host::A, Duration::from_secs(30)).unwrap();
+    assert_eq!(ended.status.code(), Some(4), "{ended:?}");
+    assert_eq!(cluster.status(Host::A).unwrap().unwrap().role(), "deposed");
+    cluster.wait_serving(Host::B, FAILOVER_LIMIT).unwrap();
+    assert_eq!(
+        cluster.arbiter_state().unwrap(),
+        next_claim(&before, Host::B)
+    );
+    let report = checker_report(checker);
+    assert_history(&cluster, "released", &report);
     assert_release_records_hold(&cluster);
     cluster.stop(Host::B).unwrap();
 }

@@ -43,6 +43,12 @@ impl Arbitration {
         })
     }
 
+    /// Another client of the same arbiter as the same process, with a
+    /// connection of its own (for a thread of its own).
+    pub fn another(&self) -> Result<Self> {
+        Arbitration::new(self.addr, &self.node, self.incarnation, self.call_timeout)
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

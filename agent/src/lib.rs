@@ -9,6 +9,7 @@
 //! - [`serve`]: carrying them out: the output gate, the releaser, the
 //!   fence; "serving alone" for the primary and a backup gone live.
 //! - [`arbitration`]: blocking claims, lease renewals and queries.
+//! - [`lease`]: the lease kept at the arbiter by a thread of its own.
 //! - [`replication`]: the primary's side of the log channel, with the
 //!   bounds that hold the vCPU when the backup lags.
 //! - [`audit`]: the release record a checker reads.
@@ -18,6 +19,7 @@
 pub mod arbitration;
 pub mod audit;
 pub mod config;
+pub mod lease;
 pub mod nic;
 pub mod node;
 pub mod pcap;

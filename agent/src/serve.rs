@@ -9,8 +9,8 @@
 //! held than the bound allows (and, in [`crate::replication`], where the
 //! backup lags past the log's bounds).
 //!
-//! Both modes renew a lease at heartbeat rate; a refused renewal deposes
-//! the node. When the backup is lost, nothing more is released until the
+//! Both modes renew a lease at heartbeat rate ([`crate::lease`]); a refused
+//! renewal deposes the node. When the backup is lost, nothing more is released until the
 //! arbiter has answered: granted, the node serves alone under its lease;
 //! denied, the node is deposed: the fence goes up, held output is dropped,
 //! the vCPU stops at its next exit. An arbiter error that no retry can
@@ -18,14 +18,14 @@
 //!
 //! [`role::releasable_below`]: crate::role::releasable_below
 
-use crate::arbitration::{worth_retrying, Arbitration};
+use crate::arbitration::Arbitration;
 use crate::audit::{Audit, Via};
+use crate::lease::{LeaseKeeper, Renewal};
 use crate::node::ReleaseNow;
 use crate::replication::Replication;
-use crate::role::{after_claim, lease_end, releasable_below, Authority, Role, Verdict};
+use crate::role::{after_claim, releasable_below, Authority, Role, Verdict};
 use crate::status::Status;
 use anyhow::{Context, Result};
-use arbiter::RenewOutcome;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
@@ -184,17 +184,6 @@ enum Mode {
     Alone,
 }
 
-/// The node's lease at the arbiter, renewed at heartbeat rate in both
-/// modes, so that a protected primary too learns within a heartbeat that
-/// an operator took the service over or released it. Only a node serving
-/// alone asks for time (which holds other claims off): a protected
-/// primary's backup must be able to take over the moment it is lost.
-struct Lease {
-    /// Until when it allows releases here (see [`role::lease_end`]).
-    valid_until: Option<Instant>,
-    next_renewal: Instant,
-}
-
 /// What the releaser thread hands back when it ends.
 pub struct Released {
     pub end: ReleaserEnd,
@@ -237,11 +226,20 @@ impl Releaser {
     }
 
     fn run(mut self, mut mode: Mode) -> Released {
-        let mut lease = Lease {
-            valid_until: None,
-            next_renewal: Instant::now(),
+        let end = match self.arbitration.another() {
+            Ok(arbitration) => {
+                let renewal = Renewal {
+                    arbitration,
+                    lease: self.silence,
+                    every: self.renew_every,
+                    status: self.control.status.clone(),
+                };
+                let alone = matches!(mode, Mode::Alone);
+                let lease = LeaseKeeper::start(renewal, self.generation, alone);
+                self.serve(&mut mode, &lease)
+            }
+            Err(e) => ReleaserEnd::Halted(format!("{e:#}")),
         };
-        let end = self.serve(&mut mode, &mut lease);
         let end = self.end(end, &mode);
         Released {
             end,
@@ -251,14 +249,13 @@ impl Releaser {
         }
     }
 
-    fn serve(&mut self, mode: &mut Mode, lease: &mut Lease) -> ReleaserEnd {
+    fn serve(&mut self, mode: &mut Mode, lease: &LeaseKeeper) -> ReleaserEnd {
         let mut drain_deadline = None;
         loop {
-            if let Err(end) = self.follow_backup(mode) {
+            if let Err(end) = self.follow_backup(mode, lease) {
                 return end;
             }
-            let alone = matches!(mode, Mode::Alone);
-            if let Err(end) = self.renew_when_due(lease, alone) {
+            if let Some(end) = lease.ended() {
                 return end;
             }
             let (authority, via) = match &*mode {
@@ -272,7 +269,7 @@ impl Releaser {
                 ),
                 Mode::Alone => (
                     Authority::Lease {
-                        valid_until: lease.valid_until,
+                        valid_until: lease.valid_until(),
                     },
                     Via::Lease,
                 ),
@@ -295,12 +292,7 @@ impl Releaser {
                     Mode::Protected(link) => {
                         link.link().wait_acked(seq, POLL);
                     }
-                    Mode::Alone => std::thread::sleep(
-                        lease
-                            .next_renewal
-                            .saturating_duration_since(Instant::now())
-                            .min(POLL),
-                    ),
+                    Mode::Alone => std::thread::sleep(POLL / 4),
                 },
                 (None, false) => self.wait_for_output(),
             }
@@ -311,7 +303,7 @@ impl Releaser {
     /// releases anything more: granted, it serves alone; denied, deposed.
     /// A link that ends once the guest has stopped is the clean stop, not a
     /// lost backup (the backup stops at the guest's `Halt`).
-    fn follow_backup(&mut self, mode: &mut Mode) -> Result<(), ReleaserEnd> {
+    fn follow_backup(&mut self, mode: &mut Mode, lease: &LeaseKeeper) -> Result<(), ReleaserEnd> {
         let Mode::Protected(link) = &*mode else {
             return Ok(());
         };
@@ -336,58 +328,13 @@ impl Releaser {
                 let status = &self.control.status;
                 status.generation.store(generation, Ordering::Relaxed);
                 status.set_role(Role::Alone);
+                lease.serve_alone(generation);
                 *mode = Mode::Alone;
                 Ok(())
             }
             Verdict::Deposed { generation, owner } => {
                 Err(ReleaserEnd::Deposed { generation, owner })
             }
-        }
-    }
-
-    /// Renews the lease when due. Refused: deposed. Unreachable: the lease
-    /// runs out (a node serving alone then releases nothing, with an alarm).
-    fn renew_when_due(&mut self, lease: &mut Lease, alone: bool) -> Result<(), ReleaserEnd> {
-        let asked_at = Instant::now();
-        if asked_at < lease.next_renewal {
-            return Ok(());
-        }
-        lease.next_renewal = asked_at + self.renew_every;
-        let ask = if alone { self.silence } else { Duration::ZERO };
-        match self.arbitration.renew(self.generation, ask) {
-            Ok(RenewOutcome::Leased { lease_ms, .. }) => {
-                if alone && lease.valid_until.is_none_or(|until| until <= asked_at) {
-                    tracing::info!(
-                        generation = self.generation,
-                        lease_ms,
-                        "holding the arbiter's lease"
-                    );
-                    self.control.status.set_alarm("");
-                }
-                lease.valid_until = Some(lease_end(asked_at, lease_ms));
-                Ok(())
-            }
-            Ok(RenewOutcome::Denied { generation, owner }) => {
-                Err(ReleaserEnd::Deposed { generation, owner })
-            }
-            Err(e) if worth_retrying(&e) => {
-                if alone
-                    && lease
-                        .valid_until
-                        .is_some_and(|until| until <= Instant::now())
-                {
-                    self.control.status.set_alarm(&format!(
-                        "lease expired: cannot renew at {}: {e}",
-                        self.arbitration.addr()
-                    ));
-                }
-                tracing::warn!("renewing the lease: {e}");
-                Ok(())
-            }
-            Err(e) => Err(ReleaserEnd::Halted(format!(
-                "renewing the lease at {}: {e}",
-                self.arbitration.addr()
-            ))),
         }
     }
 

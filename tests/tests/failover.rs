@@ -197,6 +197,7 @@ fn cutting_the_log_channel_leaves_exactly_one_side_serving() {
     let cut = Instant::now();
     // Until one side serves under the next generation and the other has
     // ended or halted; never both serving alone meanwhile.
+    let mut last_seen = Vec::new();
     let winner = wait_for("one side to win", Duration::from_secs(60), || {
         let (mut won, mut out, mut seen) = (vec![], vec![], vec![]);
         for host in [Host::A, Host::B] {
@@ -215,12 +216,13 @@ fn cutting_the_log_channel_leaves_exactly_one_side_serving() {
             seen.push(format!("host-{} running={running} {status:?}", host.node()));
         }
         assert!(won.len() < 2, "both sides serve alone: {seen:?}");
+        last_seen = seen;
         Ok(match won[..] {
             [host] if out.contains(&host.other()) => Some(host),
             _ => None,
         })
     })
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e:#}; last seen: {last_seen:?}"));
     let loser = winner.other();
     eprintln!(
         "host-{} won {:?} after the cut",

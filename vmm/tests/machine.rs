@@ -129,3 +129,64 @@ fn loader_rejects_bad_images_clearly() {
     let truncated = &tiny_elf(HALT_7)[..100];
     assert!(GuestImage::parse(truncated).is_err());
 }
+
+/// A log kept in memory: the recorder's sink and the replayer's source.
+#[derive(Default)]
+struct MemoryLog(std::collections::VecDeque<ftlog::Entry>);
+
+impl vmm::LogSink for MemoryLog {
+    fn append(&mut self, entry: ftlog::Entry) -> std::io::Result<()> {
+        self.0.push_back(entry);
+        Ok(())
+    }
+}
+
+impl vmm::EntrySource for MemoryLog {
+    fn next_entry(&mut self) -> Result<Option<ftlog::Entry>, ftlog::LogError> {
+        Ok(self.0.pop_front())
+    }
+}
+
+struct NoOutput;
+
+impl vmm::OutputSink for NoOutput {
+    fn output(&mut self, _: Vec<u8>, _: u64, _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_crash_ends_the_log_with_a_crash_halt_that_the_replay_reproduces() {
+    require_root_and_kvm();
+    let code = &[0x90, 0x0f, 0x0b]; // nop ; ud2
+    let (_inputs, queue) = std::sync::mpsc::sync_channel(1);
+    let recorder = vmm::Recorder::new(boot(code), queue, vmm::GuestClock::starting_at(0));
+    let mut log = MemoryLog::default();
+    let crash = recorder.run(&mut log, &mut NoOutput).unwrap_err();
+    assert!(crash.to_string().contains("triple fault"), "{crash}");
+    let Some(ftlog::Entry {
+        payload: ftlog::Payload::Halt {
+            guest_exit_code, ..
+        },
+        ..
+    }) = log.0.back()
+    else {
+        panic!("the log does not end with a Halt: {:?}", log.0);
+    };
+    assert_eq!(*guest_exit_code, Some(vmm::CRASH_EXIT_CODE));
+
+    // The backup crashes at the same exit with the same state: a clean end.
+    let mut replayed = MemoryLog(log.0.clone());
+    match vmm::Replayer::new(boot(code)).run(&mut replayed, &mut |_| {}) {
+        Ok(vmm::ReplayEnd::Halted(summary)) => {
+            assert_eq!(summary.guest_exit_code, Some(vmm::CRASH_EXIT_CODE))
+        }
+        Ok(vmm::ReplayEnd::LogEnded(_)) => panic!("the replay ended without its Halt"),
+        Err(e) => panic!("the replay failed: {e}"),
+    }
+    // Without the Halt, the replay's crash is an error, never a handover.
+    assert!(matches!(
+        vmm::Replayer::new(boot(code)).run(&mut MemoryLog::default(), &mut |_| {}),
+        Err(vmm::ReplayError::Machine(MachineError::GuestCrash { .. }))
+    ));
+}

@@ -292,36 +292,24 @@ mod tests {
     }
 
     #[test]
-    fn a_reopened_ledger_holds_claims_off_even_on_a_released_record() {
-        let dir = TempDir::new();
-        let path = dir.0.join("state");
-        let mut ledger = Ledger::open(&path, true, LEASE).unwrap();
-        ledger.claim(&A, 0).unwrap();
-        ledger.release(1).unwrap();
-        drop(ledger);
-        let mut ledger = Ledger::open(&path, false, LEASE).unwrap();
-        assert!(matches!(
-            ledger.claim(&B, 1),
-            Err(LedgerError::Leased { .. })
-        ));
-        std::thread::sleep(LEASE + Duration::from_millis(50));
-        assert!(ledger.claim(&B, 1).is_ok());
-    }
-
-    #[test]
-    fn a_reopened_ledger_assumes_the_owner_holds_a_lease() {
-        let dir = TempDir::new();
-        let path = dir.0.join("state");
-        let mut ledger = Ledger::open(&path, true, LEASE).unwrap();
-        ledger.claim(&A, 0).unwrap();
-        drop(ledger);
-        let mut ledger = Ledger::open(&path, false, LEASE).unwrap();
-        assert!(matches!(
-            ledger.claim(&B, 1),
-            Err(LedgerError::Leased { .. })
-        ));
-        std::thread::sleep(LEASE + Duration::from_millis(50));
-        assert!(ledger.claim(&B, 1).is_ok());
+    fn a_reopened_ledger_holds_claims_off_for_a_lease_it_may_have_forgotten() {
+        for released in [false, true] {
+            let dir = TempDir::new();
+            let path = dir.0.join("state");
+            let mut ledger = Ledger::open(&path, true, LEASE).unwrap();
+            ledger.claim(&A, 0).unwrap();
+            if released {
+                ledger.release(1).unwrap();
+            }
+            drop(ledger);
+            let mut ledger = Ledger::open(&path, false, LEASE).unwrap();
+            assert!(
+                matches!(ledger.claim(&B, 1), Err(LedgerError::Leased { .. })),
+                "released: {released}"
+            );
+            std::thread::sleep(LEASE + Duration::from_millis(50));
+            assert!(ledger.claim(&B, 1).is_ok(), "released: {released}");
+        }
     }
 
     #[test]

@@ -81,7 +81,7 @@ impl Status {
         format!(
             "{{\"node\":{:?},\"role\":\"{}\",\"generation\":{},\"exits\":{},\"entries\":{},\"acked\":{},\
              \"held_outputs\":{},\"released_outputs\":{},\"lag_entries\":{},\"lag_ms\":{},\"divergences\":{},\
-             \"protected\":{},\"alarm\":{:?}}}",
+             \"protected\":{},\"alarm\":{}}}",
             self.node,
             self.role().name(),
             get(&self.generation),
@@ -94,7 +94,8 @@ impl Status {
             get(&self.lag_ms),
             get(&self.divergences),
             self.role() == Role::Primary,
-            self.alarm(),
+            // Peer-supplied text may be in it: escaped as JSON, not as Rust.
+            serde_json::Value::String(self.alarm()),
         )
     }
 
@@ -107,5 +108,20 @@ impl Status {
         if let Err(e) = result {
             tracing::warn!(path = %path.display(), "cannot write the status file: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_is_json_whatever_the_alarm_says() {
+        let status = Status::new("a", None);
+        status.set_alarm("peer said \"\u{1b}[2J\"\n\\ and é");
+        let value: serde_json::Value = serde_json::from_str(&status.to_json()).unwrap();
+        assert_eq!(value["alarm"], "peer said \"\u{1b}[2J\"\n\\ and é");
+        assert_eq!(value["role"], "starting");
+        assert_eq!(value["protected"], false);
     }
 }

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 struct State {
     generation: u64,
     alone: bool,
+    /// The node is claiming a new generation: the old one's renewals, and
+    /// answers to them still in flight, are moot until it says which.
+    paused: bool,
     /// Until when the lease allows releases here (see [`lease_end`]).
     valid_until: Option<Instant>,
     /// The arbiter deposed the node, or cannot be asked, for good.
@@ -58,6 +61,7 @@ impl LeaseKeeper {
             state: Mutex::new(State {
                 generation,
                 alone,
+                paused: false,
                 valid_until: None,
                 ended: None,
                 stopping: false,
@@ -81,11 +85,18 @@ impl LeaseKeeper {
         self.shared.lock().ended.take()
     }
 
+    /// The node is about to claim the next generation: renew nothing, and
+    /// heed no answer, until [`LeaseKeeper::serve_alone`].
+    pub fn pause(&self) {
+        self.shared.lock().paused = true;
+    }
+
     /// The node serves alone under `generation` now: ask for time at once.
     pub fn serve_alone(&self, generation: u64) {
         let mut state = self.shared.lock();
         state.generation = generation;
         state.alone = true;
+        state.paused = false;
         state.valid_until = None;
         self.shared.wake.notify_all();
     }
@@ -104,7 +115,13 @@ impl Drop for LeaseKeeper {
 fn renew_until_stopped(shared: &Shared, mut renewal: Renewal) {
     loop {
         let (generation, alone) = {
-            let state = shared.lock();
+            let mut state = shared.lock();
+            while state.paused && !state.stopping {
+                state = shared
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
             if state.stopping {
                 return;
             }
@@ -114,8 +131,8 @@ fn renew_until_stopped(shared: &Shared, mut renewal: Renewal) {
         let ask = if alone { renewal.lease } else { Duration::ZERO };
         let answer = renewal.arbitration.renew(generation, ask);
         let mut state = shared.lock();
-        // A renewal of a generation the node has left since is moot.
-        if state.generation != generation {
+        // A renewal of a generation the node is leaving, or has left, is moot.
+        if state.paused || state.generation != generation {
             continue;
         }
         let expired = state

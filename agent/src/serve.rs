@@ -317,6 +317,7 @@ impl Releaser {
         }
         tracing::warn!(%reason, generation = self.generation,
             "lost the backup; asking the arbiter before releasing more output");
+        lease.pause();
         let outcome = self
             .arbitration
             .claim(self.generation, &self.stop, None)

@@ -29,11 +29,11 @@ fn arbiter(dir: &std::path::Path) -> SocketAddr {
     addr_rx.recv_timeout(Duration::from_secs(10)).unwrap()
 }
 
-fn claim(addr: SocketAddr, who: &Claimant) -> u64 {
+fn claim(addr: SocketAddr, who: &Claimant, expected: u64) -> u64 {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let mut client = ArbiterClient::connect(addr).await.unwrap();
-        match client.claim(who, 0).await.unwrap() {
+        match client.claim(who, expected).await.unwrap() {
             ClaimOutcome::Granted { generation } => generation,
             denied => panic!("{denied:?}"),
         }
@@ -68,15 +68,23 @@ fn a_lease_is_kept_and_a_release_deposes() {
         node: "a",
         incarnation: 11,
     };
-    let generation = claim(addr, &who);
+    let first = claim(addr, &who, 0);
 
     // Protected: ownership confirmed, no time asked, so nothing to release by.
-    let lease = keeper(addr, &who, generation, false);
+    let lease = keeper(addr, &who, first, false);
     std::thread::sleep(Duration::from_millis(200));
     assert!(lease.ended().is_none());
     assert!(lease
         .valid_until()
         .is_none_or(|until| until <= Instant::now()));
+
+    // The backup is lost: the node claims the next generation while its
+    // old one's renewals are paused (an answer to one in flight, refused
+    // since the generation moved, must not depose it).
+    lease.pause();
+    let generation = claim(addr, &who, first);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(lease.ended().is_none());
 
     // Alone: a lease that keeps being extended.
     lease.serve_alone(generation);

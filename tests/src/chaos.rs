@@ -145,22 +145,29 @@ pub fn run_one(seed: u64, index: usize) -> Result<RunReport> {
 
     let down_because = service_back(&mut cluster, &mut violations);
     let out = checker.wait_with_output(Duration::from_secs(120))?;
-    let report = Summary::parse(&String::from_utf8_lossy(&out.stdout));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = Summary::parse(&stdout);
     let max_gap_ms = report
-        .get("max_gap_ms")
-        .parse()
-        .ok()
+        .value("max_gap_ms")
+        .and_then(|gap| gap.parse().ok())
         .filter(|_| down_because.is_none());
     if down_because.is_none() {
-        for key in ["lost", "duplicated"] {
-            if report.get(key) != "0" {
-                violations.push(format!(
-                    "ft-checker: {key}={} ({report:?})",
-                    report.get(key)
-                ));
+        if report.value("lost").is_none() {
+            violations.push(format!(
+                "ft-checker could not check the history ({}): {stdout}",
+                out.status
+            ));
+        } else {
+            for key in ["lost", "duplicated"] {
+                if report.value(key) != Some("0") {
+                    violations.push(format!(
+                        "ft-checker: {key}={} ({report:?})",
+                        report.get(key)
+                    ));
+                }
             }
+            check_order(&cluster, &report, &mut violations);
         }
-        check_order(&cluster, &report, &mut violations);
     }
     violations.extend(audit::violations(&cluster.release_records()?));
     Ok(RunReport {

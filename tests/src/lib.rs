@@ -432,10 +432,13 @@ impl Summary {
         )
     }
 
+    /// The value of `key`, if the summary has it.
+    pub fn value(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
     pub fn get(&self, key: &str) -> &str {
-        self.0
-            .get(key)
-            .map(String::as_str)
+        self.value(key)
             .unwrap_or_else(|| panic!("no {key} in summary {:?}", self.0))
     }
 

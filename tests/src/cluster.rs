@@ -215,6 +215,9 @@ pub struct Cluster {
     sw: Netns,
     /// The node names the agents on host-a and host-b run under.
     node_names: [String; 2],
+    /// Whether agents write release records (a syscall per ack: the bench
+    /// measures without them).
+    record_releases: bool,
 }
 
 impl Cluster {
@@ -269,7 +272,14 @@ impl Cluster {
             arb,
             sw,
             node_names: [Host::A.node().to_string(), Host::B.node().to_string()],
+            record_releases: true,
         })
+    }
+
+    /// Agents started from now on write no release records.
+    pub fn without_release_records(mut self) -> Cluster {
+        self.record_releases = false;
+        self
     }
 
     /// Runs the next agent started on `host` under node name `name`.
@@ -402,10 +412,11 @@ impl Cluster {
             .args(["--node", &self.node_names[host.index()]])
             .args(["--silence-ms", SILENCE_MS])
             .arg("--status")
-            .arg(self.status_path(host))
-            .arg("--release-record")
-            .arg(self.record_path(host))
-            .args(role)
+            .arg(self.status_path(host));
+        if self.record_releases {
+            cmd.arg("--release-record").arg(self.record_path(host));
+        }
+        cmd.args(role)
             // Plain log lines in the files, for tests to search.
             .env("NO_COLOR", "1")
             // The summary line; the log goes to a file (never a pipe that

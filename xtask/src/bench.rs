@@ -172,7 +172,7 @@ fn start(setup: Setup) -> Result<Service> {
         }
         Setup::Xdp => Service::Single(Guest::behind_xdp("bench", &[])?, None),
         Setup::Ft => {
-            let mut cluster = Cluster::new("bf")?;
+            let mut cluster = Cluster::new("bf")?.without_release_records();
             cluster.start_arbiter()?;
             cluster.start_backup(Host::B)?;
             cluster.start_primary(Host::A)?;
@@ -270,7 +270,7 @@ fn parse_csv(output: &str, test: &str) -> Result<Rate> {
 /// Kills the primary `FAILOVER_KILLS` times while the checker pushes on one
 /// connection; returns the checker's longest wait for each.
 fn measure_failovers() -> Result<Vec<u64>> {
-    let mut cluster = Cluster::new("bk")?;
+    let mut cluster = Cluster::new("bk")?.without_release_records();
     cluster.start_arbiter()?;
     let mut gaps = Vec::with_capacity(FAILOVER_KILLS);
     for round in 0..FAILOVER_KILLS {

@@ -259,14 +259,19 @@ impl Releaser {
                 return end;
             }
             let (authority, via) = match &*mode {
-                Mode::Protected(link) => (
-                    Authority::Backup {
-                        acked: link.link().acked_seq(),
-                        heard_at: link.link().last_heard(),
-                        silence: self.silence,
-                    },
-                    Via::Ack,
-                ),
+                Mode::Protected(link) => {
+                    let acked = link.link().acked_seq();
+                    let status = &self.control.status;
+                    status.acked.store(acked.unwrap_or(0), Ordering::Relaxed);
+                    (
+                        Authority::Backup {
+                            acked,
+                            heard_at: link.link().last_heard(),
+                            silence: self.silence,
+                        },
+                        Via::Ack,
+                    )
+                }
                 Mode::Alone => (
                     Authority::Lease {
                         valid_until: lease.valid_until(),
@@ -373,8 +378,9 @@ impl Releaser {
     /// released, the first seq still held, and whether the gate is closed.
     fn release_below(&mut self, below: u64, via: Via) -> (Option<u64>, Option<u64>, bool) {
         let mut ready = Vec::new();
-        let (waiting_for, closed, held) = {
+        let (waiting_for, closed, held, was_full) = {
             let mut queue = self.gate.lock();
+            let was_full = queue.held.len() >= self.gate.max_held;
             while queue.held.front().is_some_and(|h| h.seq < below) {
                 ready.push(queue.held.pop_front().expect("front exists"));
             }
@@ -382,18 +388,17 @@ impl Releaser {
                 queue.held.front().map(|h| h.seq),
                 queue.closed,
                 queue.held.len(),
+                was_full,
             )
         };
-        if !ready.is_empty() {
+        // Only a full gate has a vCPU waiting on it: no wake-up otherwise.
+        if was_full && !ready.is_empty() {
             self.gate.queue.1.notify_all();
         }
-        let status = &self.control.status;
-        status.held_outputs.store(held as u64, Ordering::Relaxed);
-        if via == Via::Ack {
-            status
-                .acked
-                .store(below.saturating_sub(1), Ordering::Relaxed);
-        }
+        self.control
+            .status
+            .held_outputs
+            .store(held as u64, Ordering::Relaxed);
         let last = ready.last().map(|h| h.seq);
         if let Some(seq) = last {
             // Recorded before the frames leave: the record never misses one.

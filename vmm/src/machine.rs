@@ -7,10 +7,14 @@
 //! reported as a crash with the RIP.
 
 use crate::loader::GuestImage;
+use crate::snapshot::{page_digest, DirtyLog, PageDigest, VcpuState, PAGES, PAGE_SIZE};
 use ftlog::GuestConfig;
 use guest_abi as abi;
-use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs, kvm_userspace_memory_region};
+use kvm_bindings::{
+    kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_userspace_memory_region, Msrs,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +89,8 @@ pub struct Machine {
     // Field order matters for drop: the vCPU and VM go before the memory
     // they map, and everything before the /dev/kvm handle.
     vcpu: VcpuFd,
-    _vm: VmFd,
+    vm: Arc<VmFd>,
+    region: kvm_userspace_memory_region,
     memory: GuestMemoryMmap,
     _kvm: Kvm,
 }
@@ -124,7 +129,8 @@ impl Machine {
 
         let machine = Machine {
             vcpu,
-            _vm: vm,
+            vm: Arc::new(vm),
+            region,
             memory,
             _kvm: kvm,
         };
@@ -138,6 +144,93 @@ impl Machine {
 
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
+    }
+
+    /// A handle on the guest's dirty-page log, for a transfer thread that
+    /// reads RAM while the vCPU runs.
+    pub fn dirty_log(&self) -> DirtyLog {
+        DirtyLog::new(self.vm.clone(), self.region, self.memory.clone())
+    }
+
+    /// The vCPU's state, for a snapshot (the vCPU is stopped: `&self`
+    /// between two `run_to_exit` calls).
+    pub fn vcpu_state(&self) -> Result<VcpuState, MachineError> {
+        let indices = VcpuState::saved_msr_indices();
+        let entries: Vec<kvm_msr_entry> = indices
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries)
+            .map_err(|e| MachineError::Memory(format!("MSR list: {e:?}")))?;
+        let read = self.vcpu.get_msrs(&mut msrs).map_err(kvm_err("get MSRs"))?;
+        Ok(VcpuState {
+            regs: self.vcpu.get_regs().map_err(kvm_err("get regs"))?,
+            sregs: self.vcpu.get_sregs().map_err(kvm_err("get sregs"))?,
+            xsave: Box::new(self.vcpu.get_xsave().map_err(kvm_err("get xsave"))?),
+            xcrs: self.vcpu.get_xcrs().map_err(kvm_err("get XCRs"))?,
+            msrs: msrs.as_slice()[..read].to_vec(),
+        })
+    }
+
+    /// Puts the vCPU into `state` (a snapshot taken by [`Machine::vcpu_state`]
+    /// on a machine of the same image and configuration).
+    pub fn restore_vcpu(&self, state: &VcpuState) -> Result<(), MachineError> {
+        self.vcpu
+            .set_sregs(&state.sregs)
+            .map_err(kvm_err("set sregs"))?;
+        self.vcpu
+            .set_regs(&state.regs)
+            .map_err(kvm_err("set regs"))?;
+        self.vcpu
+            .set_xcrs(&state.xcrs)
+            .map_err(kvm_err("set XCRs"))?;
+        // SAFETY: `xsave` is a whole `kvm_xsave` (4 KiB) read from the same
+        // kind of vCPU with `get_xsave`, so the kernel reads no further than
+        // the struct, and it describes only features this CPUID enables.
+        unsafe { self.vcpu.set_xsave(&state.xsave) }.map_err(kvm_err("set xsave"))?;
+        let msrs = Msrs::from_entries(&state.msrs)
+            .map_err(|e| MachineError::Memory(format!("MSR list: {e:?}")))?;
+        let written = self.vcpu.set_msrs(&msrs).map_err(kvm_err("set MSRs"))?;
+        if written != state.msrs.len() {
+            let index = state.msrs.get(written).map_or(0, |m| m.index);
+            return Err(MachineError::Memory(format!(
+                "KVM refused MSR {index:#x} of the snapshot"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes whole pages from `first_pfn` on (a snapshot's RAM).
+    pub fn write_pages(&self, first_pfn: u64, data: &[u8]) -> Result<(), MachineError> {
+        let pages = (data.len() / PAGE_SIZE) as u64;
+        if data.len() % PAGE_SIZE != 0 || first_pfn.checked_add(pages).is_none_or(|end| end > PAGES)
+        {
+            return Err(MachineError::Memory(format!(
+                "{} bytes at page {first_pfn:#x} are not whole pages of guest RAM",
+                data.len()
+            )));
+        }
+        self.write(first_pfn * PAGE_SIZE as u64, data)
+    }
+
+    /// The digest of every page of RAM, in order.
+    pub fn page_digests(&self) -> Result<Vec<PageDigest>, MachineError> {
+        Ok(self.ram()?.chunks(PAGE_SIZE).map(page_digest).collect())
+    }
+
+    fn ram(&self) -> Result<&[u8], MachineError> {
+        let host = self
+            .memory
+            .get_host_address(GuestAddress(0))
+            .map_err(|e| MachineError::Memory(e.to_string()))?;
+        // SAFETY: `host` is the start of the single RAM_SIZE mapping owned by
+        // `self.memory`; the vCPU is stopped at an exit (we hold `&self`
+        // between `run_to_exit` calls), so the guest does not write it while
+        // the slice lives.
+        Ok(unsafe { std::slice::from_raw_parts(host as *const u8, abi::RAM_SIZE as usize) })
     }
 
     fn write(&self, addr: u64, bytes: &[u8]) -> Result<(), MachineError> {
@@ -327,15 +420,7 @@ impl Machine {
     /// same hash.
     pub fn state_hash(&self) -> Result<[u8; 32], MachineError> {
         let mut hasher = blake3::Hasher::new();
-        let host = self
-            .memory
-            .get_host_address(GuestAddress(0))
-            .map_err(|e| MachineError::Memory(e.to_string()))?;
-        // SAFETY: `host` is the start of the single RAM_SIZE mapping owned by
-        // `self.memory`; the vCPU is stopped at an exit (we hold `&self`
-        // between `run_to_exit` calls), so nothing writes it while we read.
-        let ram = unsafe { std::slice::from_raw_parts(host as *const u8, abi::RAM_SIZE as usize) };
-        hasher.update(ram);
+        hasher.update(self.ram()?);
 
         let r = self.vcpu.get_regs().map_err(kvm_err("get regs"))?;
         for v in [

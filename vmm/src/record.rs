@@ -14,9 +14,12 @@
 use crate::exchange::{self, Delivery, Request};
 use crate::handover::Handover;
 use crate::machine::{GuestExit, Machine, MachineError};
+use crate::snapshot::ResumePoint;
 use ftlog::{Entry, Payload, Position};
 use guest_abi as abi;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// The exit code a `Halt` entry records when the guest crashed (a fault,
@@ -37,6 +40,40 @@ pub enum Input {
     Frame(Vec<u8>),
     /// Stop at the next exit and log the final state.
     Stop,
+    /// End a wait for input early (a [`Pause`] was requested): the guest
+    /// sees a wake-up like any other, and the position stays an exit.
+    Wake,
+}
+
+/// Work that needs the vCPU stopped (the last round of a state transfer),
+/// run by the recording thread between two exits, at the [`ResumePoint`]
+/// it is given. Whatever it appends to the log sink comes after it.
+pub type PausedWork = Box<dyn FnOnce(&Machine, ResumePoint) + Send>;
+
+/// A request for [`PausedWork`], shared with the recorder.
+#[derive(Default)]
+pub struct Pause {
+    requested: AtomicBool,
+    work: Mutex<Option<PausedWork>>,
+}
+
+impl Pause {
+    /// Runs `work` before the guest's next exit (a waiting recorder must
+    /// also be sent [`Input::Wake`]). A request not yet run is replaced.
+    pub fn request(&self, work: PausedWork) {
+        *self.work.lock().unwrap_or_else(PoisonError::into_inner) = Some(work);
+        self.requested.store(true, Ordering::SeqCst);
+    }
+
+    fn take(&self) -> Option<PausedWork> {
+        if !self.requested.swap(false, Ordering::SeqCst) {
+            return None;
+        }
+        self.work
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
 }
 
 /// Where log entries go (a file, the log channel to the backup).
@@ -123,6 +160,7 @@ pub struct Recorder {
     /// An exit taken over from a replay, to be finished before running on.
     pending: Option<PendingExit>,
     inputs: Receiver<Input>,
+    pause: Arc<Pause>,
     clock: GuestClock,
     delivered_clock_ns: u64,
     next_seq: u64,
@@ -139,6 +177,7 @@ impl Recorder {
             machine,
             pending: None,
             inputs,
+            pause: Arc::default(),
             delivered_clock_ns: clock.now_ns(),
             clock,
             next_seq: 0,
@@ -194,6 +233,7 @@ impl Recorder {
                 carried: handover.inputs,
             }),
             inputs,
+            pause: Arc::default(),
             delivered_clock_ns: handover.clock_ns,
             clock,
             next_seq: handover.next_seq,
@@ -205,6 +245,12 @@ impl Recorder {
         }
     }
 
+    /// The recorder runs the work requested through `pause`.
+    pub fn with_pause(mut self, pause: Arc<Pause>) -> Self {
+        self.pause = pause;
+        self
+    }
+
     /// Runs the guest to its next exit and handles it; returns the summary
     /// once the run has ended.
     fn step(
@@ -212,6 +258,18 @@ impl Recorder {
         log: &mut dyn LogSink,
         out: &mut dyn OutputSink,
     ) -> Result<Option<RunSummary>, RecordError> {
+        if self.pending.is_none() {
+            if let Some(work) = self.pause.take() {
+                work(
+                    &self.machine,
+                    ResumePoint {
+                        next_exit: self.exits,
+                        next_seq: self.next_seq,
+                        clock_ns: self.delivered_clock_ns,
+                    },
+                );
+            }
+        }
         let PendingExit {
             position,
             request,
@@ -387,6 +445,7 @@ impl Recorder {
             }
             Input::Frame(frame) => frames.push(frame),
             Input::Stop => self.stopping = true,
+            Input::Wake => {}
         }
     }
 

@@ -10,6 +10,7 @@ use crate::exchange::{self, Delivery, Request};
 use crate::handover::Handover;
 use crate::machine::{GuestExit, Machine, MachineError};
 use crate::record::{log_console, output_digest, CRASH_EXIT_CODE};
+use crate::snapshot::ResumePoint;
 use ftlog::{Entry, LogError, Payload, Position};
 use guest_abi as abi;
 
@@ -134,6 +135,19 @@ impl Replayer {
             outputs: 0,
             clock_ns: 0,
             next_seq: 0,
+        }
+    }
+
+    /// Replays a log that continues from a snapshot taken at `point` (a
+    /// backup that joined a running primary); `machine` holds that state.
+    pub fn resume_from(machine: Machine, point: ResumePoint) -> Self {
+        Replayer {
+            machine,
+            peeked: None,
+            exits: point.next_exit,
+            outputs: 0,
+            clock_ns: point.clock_ns,
+            next_seq: point.next_seq,
         }
     }
 

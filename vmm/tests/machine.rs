@@ -190,3 +190,120 @@ fn a_crash_ends_the_log_with_a_crash_halt_that_the_replay_reproduces() {
         Err(vmm::ReplayError::Machine(MachineError::GuestCrash { .. }))
     ));
 }
+
+/// Guest RAM as a joining backup receives it.
+struct RamImage(Vec<u8>);
+
+impl vmm::precopy::PageSink for RamImage {
+    fn pages(&mut self, first_pfn: u64, data: &[u8]) -> std::io::Result<()> {
+        let at = first_pfn as usize * vmm::snapshot::PAGE_SIZE;
+        self.0[at..at + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn zeros(&mut self, first_pfn: u64, count: u64) -> std::io::Result<()> {
+        let at = first_pfn as usize * vmm::snapshot::PAGE_SIZE;
+        self.0[at..at + count as usize * vmm::snapshot::PAGE_SIZE].fill(0);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_vm_moved_by_precopy_while_it_runs_replays_on_to_the_same_state() {
+    require_root_and_kvm();
+    use vmm::precopy::{Convergence, Final, PreCopy};
+    use vmm::snapshot::{StateDigest, VcpuState};
+    // Writes one page of a 16 MiB region per exit, round and round:
+    // movabs rbx, 0x2000000
+    // l: inc qword [rbx] ; add rbx, 0x1000 ; and rbx, 0xffffff
+    //    or rbx, 0x2000000 ; mov dx, 0x0f00 ; out dx, eax ; jmp l
+    let code: &[u8] = &[
+        0x48, 0xbb, 0, 0, 0, 2, 0, 0, 0, 0, //
+        0x48, 0xff, 0x03, //
+        0x48, 0x81, 0xc3, 0, 0x10, 0, 0, //
+        0x48, 0x81, 0xe3, 0xff, 0xff, 0xff, 0, //
+        0x48, 0x81, 0xcb, 0, 0, 0, 2, //
+        0x66, 0xba, 0x00, 0x0f, //
+        0xef, //
+        0xeb, 0xe1,
+    ];
+    let image_hash = [7u8; 32];
+    let config_hash = [8u8; 32];
+    let primary = boot(code);
+    let dirty_log = primary.dirty_log();
+    let (inputs, queue) = std::sync::mpsc::sync_channel(16);
+    let pause = std::sync::Arc::new(vmm::Pause::default());
+    let recorder = vmm::Recorder::new(primary, queue, vmm::GuestClock::starting_at(0))
+        .with_pause(pause.clone());
+    let running = std::thread::spawn(move || {
+        let mut log = MemoryLog::default();
+        let summary = recorder.run(&mut log, &mut NoOutput).expect("record");
+        (summary, log)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+
+    let mut precopy = PreCopy::start(dirty_log).expect("start the dirty log");
+    let mut ram = RamImage(vec![0xaa; guest_abi::RAM_SIZE as usize]);
+    let policy = Convergence::default();
+    while !policy.done(precopy.rounds()) {
+        precopy.round(&mut ram).expect("pre-copy round");
+    }
+    let rounds = precopy.rounds().len();
+    assert!(rounds >= 2, "the busy guest needs more than one round");
+    assert!(
+        precopy.rounds()[1].pages > 0,
+        "the guest's writes are logged"
+    );
+    let (done, finished) = std::sync::mpsc::channel::<(Final, RamImage)>();
+    pause.request(Box::new(move |machine, point| {
+        let last = precopy
+            .finish(machine, point, (&image_hash, &config_hash), &mut ram)
+            .expect("final round");
+        done.send((last, ram)).expect("the test waits");
+    }));
+    let (last, ram) = finished
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the recorder ran the paused work");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    inputs.send(vmm::Input::Stop).unwrap();
+    let (summary, log) = running.join().unwrap();
+    assert!(
+        summary.exits > last.point.next_exit + 10,
+        "the guest ran on"
+    );
+
+    // The backup: a fresh VM of the same image, given the moved state.
+    let backup = boot(code);
+    let check = |ram: &[u8]| {
+        backup.write_pages(0, ram).unwrap();
+        StateDigest {
+            image_hash: &image_hash,
+            config_hash: &config_hash,
+            point: last.point,
+            vcpu: &last.vcpu,
+            pages: &backup.page_digests().unwrap(),
+        }
+        .hash()
+    };
+    let mut flipped = ram.0.clone();
+    flipped[0x200_0000 + 77] ^= 1;
+    assert_ne!(check(&flipped), last.state_digest, "one flipped byte shows");
+    assert_eq!(check(&ram.0), last.state_digest, "the moved state verifies");
+    backup
+        .restore_vcpu(&VcpuState::decode(&last.vcpu).unwrap())
+        .unwrap();
+    let mut rest = MemoryLog(
+        log.0
+            .into_iter()
+            .filter(|entry| entry.seq >= last.point.next_seq)
+            .collect(),
+    );
+    match vmm::Replayer::resume_from(backup, last.point).run(&mut rest, &mut |_| {}) {
+        Ok(vmm::ReplayEnd::Halted(replayed)) => {
+            assert_eq!(replayed.state_hash, summary.state_hash);
+            assert_eq!(replayed.exits, summary.exits);
+        }
+        Ok(vmm::ReplayEnd::LogEnded(_)) => panic!("the replay ended without its Halt"),
+        Err(e) => panic!("the replay from the snapshot failed: {e}"),
+    }
+}

@@ -206,7 +206,8 @@ impl Machine {
     /// Writes whole pages from `first_pfn` on (a snapshot's RAM).
     pub fn write_pages(&self, first_pfn: u64, data: &[u8]) -> Result<(), MachineError> {
         let pages = (data.len() / PAGE_SIZE) as u64;
-        if data.len() % PAGE_SIZE != 0 || first_pfn.checked_add(pages).is_none_or(|end| end > PAGES)
+        if !data.len().is_multiple_of(PAGE_SIZE)
+            || first_pfn.checked_add(pages).is_none_or(|end| end > PAGES)
         {
             return Err(MachineError::Memory(format!(
                 "{} bytes at page {first_pfn:#x} are not whole pages of guest RAM",

@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::error::LinkError;
 use crate::hello::Hello;
-use crate::wire::{encode, Heartbeats, Message, MessageReader};
+use crate::wire::{encode, Heartbeats, Message, MessageReader, SnapshotEnd};
 use ftlog::Entry;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,13 +23,22 @@ use tracing::{info, warn};
 #[derive(Debug)]
 pub enum Event {
     /// A primary completed the handshake under `generation`, which the
-    /// verifier accepted; its entries follow. Always the first event of a
-    /// session.
+    /// verifier accepted. Always the first event of a session. With
+    /// `snapshot`, the running VM's snapshot comes next (its pages, then
+    /// its end) and the entries follow from the end's `next_seq`;
+    /// otherwise the entries follow from the guest's boot.
     Connected {
         peer: SocketAddr,
         hello: Hello,
         generation: u64,
+        snapshot: bool,
     },
+    /// Whole guest pages of the snapshot from `first_pfn` on.
+    SnapshotPages { first_pfn: u64, data: Vec<u8> },
+    /// Zero pages of the snapshot.
+    SnapshotZeros { first_pfn: u64, count: u64 },
+    /// The snapshot is complete.
+    SnapshotEnd(SnapshotEnd),
     /// The next entry; seqs are contiguous within a session.
     Entry(Entry),
     /// The primary has released the outputs of every entry ≤ this seq.
@@ -63,7 +72,8 @@ pub type Verify = Arc<dyn Fn(&Hello, u64) -> Result<(), String> + Send + Sync>;
 
 /// [`Event`] plus the session handle the replay thread acks through.
 enum Delivery {
-    Connected(Arc<Session>, SocketAddr, Hello, u64),
+    Connected(Arc<Session>, SocketAddr, Hello, u64, bool),
+    Snapshot(Event),
     Entry(Entry),
     Released(u64),
     Lost(LinkError),
@@ -78,6 +88,9 @@ struct Session {
     /// so acking every entry costs one wake-up per batch, not per entry.
     woken: AtomicBool,
     wake: Notify,
+    /// Set when the replay thread refuses what the primary sent: the
+    /// writer sends it as a `Reject` and ends the session.
+    refusal: Mutex<Option<String>>,
 }
 
 /// State shared by the accept loop and every connection.
@@ -184,14 +197,16 @@ impl BackupListener {
             }
         };
         Ok(Some(match delivery {
-            Delivery::Connected(session, peer, hello, generation) => {
+            Delivery::Connected(session, peer, hello, generation, snapshot) => {
                 self.current = Some(session);
                 Event::Connected {
                     peer,
                     hello,
                     generation,
+                    snapshot,
                 }
             }
+            Delivery::Snapshot(event) => event,
             Delivery::Entry(entry) => Event::Entry(entry),
             Delivery::Released(seq) => Event::Released(seq),
             Delivery::Lost(reason) => {
@@ -211,6 +226,20 @@ impl BackupListener {
             if !session.woken.swap(true, Ordering::SeqCst) {
                 session.wake.notify_one();
             }
+        }
+    }
+}
+
+impl BackupListener {
+    /// Ends the current session with a `Reject` carrying `reason` (what the
+    /// primary sent does not verify). Returns at once.
+    pub fn refuse(&self, reason: &str) {
+        if let Some(session) = &self.current {
+            *session
+                .refusal
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(reason.to_string());
+            session.wake.notify_one();
         }
     }
 }
@@ -258,8 +287,8 @@ async fn serve(
         }
     };
     let limit = shared.config.start_timeout;
-    let generation = match timeout(limit, start(&mut accepted, &shared)).await {
-        Ok(Ok(generation)) => generation,
+    let (generation, snapshot) = match timeout(limit, start(&mut accepted, &shared)).await {
+        Ok(Ok(started)) => started,
         Ok(Err(reason)) => {
             warn!(peer = %peer, node = %accepted.hello.node, "log channel: refused the session: {reason}");
             return;
@@ -281,6 +310,7 @@ async fn serve(
         node = %hello.node,
         incarnation = format!("{:016x}", hello.incarnation),
         generation,
+        snapshot,
         "log channel: primary connected"
     );
     let session = Arc::new(Session::default());
@@ -291,6 +321,7 @@ async fn serve(
             peer,
             hello,
             generation,
+            snapshot,
         ))
         .await
         .is_err()
@@ -298,7 +329,7 @@ async fn serve(
         return; // the listener is gone
     }
     let reason = tokio::select! {
-        reason = read_entries(reader, &shared, generation) => reason,
+        reason = read_entries(reader, &shared, generation, snapshot) => reason,
         reason = write_acks(writer, &session, &shared.config, generation) => reason,
     };
     warn!(peer = %peer, "log channel: primary lost: {reason}");
@@ -309,10 +340,14 @@ async fn serve(
 }
 
 /// The second half of the handshake: the primary's `Start`, checked by the
-/// verifier, then echoed. Returns the session's generation.
-async fn start(accepted: &mut Accepted, shared: &Arc<Shared>) -> Result<u64, String> {
-    let generation = match accepted.reader.next().await {
-        Ok(Some(Message::Start { generation })) => generation,
+/// verifier, then echoed. Returns the session's generation and whether it
+/// begins with a snapshot.
+async fn start(accepted: &mut Accepted, shared: &Arc<Shared>) -> Result<(u64, bool), String> {
+    let (generation, snapshot) = match accepted.reader.next().await {
+        Ok(Some(Message::Start {
+            generation,
+            snapshot,
+        })) => (generation, snapshot),
         Ok(Some(other)) => {
             let reason = format!("expected a start, got {}", other.name());
             reject(&mut accepted.writer, &reason).await;
@@ -334,13 +369,19 @@ async fn start(accepted: &mut Accepted, shared: &Arc<Shared>) -> Result<u64, Str
     // session slot already keeps any other out of this point).
     shared.had_session.store(true, Ordering::SeqCst);
     let mut out = Vec::new();
-    encode(&Message::Start { generation }, &mut out);
+    encode(
+        &Message::Start {
+            generation,
+            snapshot,
+        },
+        &mut out,
+    );
     accepted
         .writer
         .write_all(&out)
         .await
         .map_err(|e| format!("confirming the start failed: {e}"))?;
-    Ok(generation)
+    Ok((generation, snapshot))
 }
 
 /// A primary whose handshake succeeded.
@@ -434,20 +475,40 @@ async fn reject(writer: &mut OwnedWriteHalf, reason: &str) {
     let _ = writer.shutdown().await;
 }
 
-/// Passes the primary's entries and watermarks to the replay thread until
-/// the connection ends or goes silent.
+/// Passes the primary's snapshot (if the session begins with one), entries
+/// and watermarks to the replay thread until the connection ends or goes
+/// silent.
 async fn read_entries(
     mut reader: MessageReader<OwnedReadHalf>,
     shared: &Shared,
     generation: u64,
+    snapshot: bool,
 ) -> LinkError {
     let mut expected_seq: Option<u64> = None;
+    let mut in_snapshot = snapshot;
     loop {
         let message = match reader.next_within(shared.config.silence_timeout).await {
             Ok(message) => message,
             Err(failure) => return failure,
         };
         let delivery = match message {
+            Message::SnapshotPages { first_pfn, data } if in_snapshot => {
+                Delivery::Snapshot(Event::SnapshotPages { first_pfn, data })
+            }
+            Message::SnapshotZeros { first_pfn, count } if in_snapshot => {
+                Delivery::Snapshot(Event::SnapshotZeros { first_pfn, count })
+            }
+            Message::SnapshotEnd(end) if in_snapshot => {
+                in_snapshot = false;
+                expected_seq = Some(end.next_seq);
+                Delivery::Snapshot(Event::SnapshotEnd(end))
+            }
+            Message::Entry(entry) if in_snapshot => {
+                return LinkError::Protocol(format!(
+                    "entry {} before the end of the snapshot",
+                    entry.seq
+                ))
+            }
             Message::Entry(entry) => {
                 if let Some(expected) = expected_seq.filter(|&expected| expected != entry.seq) {
                     return LinkError::Protocol(format!(
@@ -498,6 +559,15 @@ async fn write_acks(
         };
         // Cleared before reading: a later ack wakes us again.
         session.woken.store(false, Ordering::SeqCst);
+        let refusal = session
+            .refusal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(reason) = refusal {
+            reject(&mut writer, &reason).await;
+            return LinkError::Protocol(format!("refused what the primary sent: {reason}"));
+        }
         let acked = session.acked.load(Ordering::SeqCst);
         if acked > acked_sent {
             encode(&Message::Ack { seq: acked - 1 }, &mut out);

@@ -16,6 +16,10 @@ pub enum LinkError {
     /// The backup sent `Reject`; the reason is the backup's.
     #[error("handshake refused by the backup: {0}")]
     HandshakeRefused(String),
+    /// The backup ended a live session: it refused what we sent (a
+    /// snapshot that does not verify). The reason is the backup's.
+    #[error("the backup refused the session: {0}")]
+    Refused(String),
     /// The backup accepted us but its own hello does not match ours.
     #[error("backup is incompatible: {0}")]
     Incompatible(String),

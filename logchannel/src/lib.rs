@@ -13,7 +13,7 @@
 //! blocking methods, so they are used from plain threads. They must not be
 //! called (or dropped) from inside an async context.
 //!
-//! # Wire format (protocol version 2)
+//! # Wire format (protocol version 3)
 //!
 //! All integers are little-endian. Every message, in both directions, is
 //!
@@ -32,8 +32,11 @@
 //! | tag    | message     | direction          | body |
 //! |--------|-------------|--------------------|------|
 //! | `0x03` | `Hello`     | both, first        | `protocol_version:u16 image_hash:[u8;32] config_hash:[u8;32] node_len:u8 node:[u8;node_len] incarnation:u64 heartbeat_ms:u32 silence_ms:u32` |
-//! | `0x05` | `Reject`    | backup → primary   | reason, UTF-8 (at most 1024 bytes) |
-//! | `0x11` | `Start`     | both, second       | `generation:u64`: the primary's claimed generation; the backup's echo accepts it |
+//! | `0x05` | `Reject`    | backup → primary   | reason, UTF-8 (at most 1024 bytes); in the handshake, or ending a session whose snapshot does not verify |
+//! | `0x11` | `Start`     | both, second       | `generation:u64 snapshot:u8`: the primary's claimed generation, and 1 if a snapshot of the running VM comes first; the backup's echo accepts it |
+//! | `0x12` | `SnapshotPages` | primary → backup | `first_pfn:u64 data`: whole 4 KiB pages (at most 15) |
+//! | `0x14` | `SnapshotZeros` | primary → backup | `first_pfn:u64 count:u64`: zero pages |
+//! | `0x17` | `SnapshotEnd` | primary → backup | `next_exit:u64 next_seq:u64 clock_ns:u64 image_hash:[u8;32] config_hash:[u8;32] state_digest:[u8;32] vcpu` |
 //! | `0x06` | `Entry`     | primary → backup   | `seq:u64 exit:u64 rip:u64 kind:u8 payload` ([`ftlog::Entry`]'s body) |
 //! | `0x09` | `Heartbeat` | both               | `counter:u64 generation:u64` |
 //! | `0x0a` | `Released`  | primary → backup   | `seq:u64`: highest entry whose output the primary has released |
@@ -58,7 +61,14 @@
 //!    arbiter: the record must name this primary process at that
 //!    generation); on success it echoes `Start`, otherwise it rejects.
 //!    This step is bounded by [`Config::start_timeout`].
-//! 4. The primary sends `Entry` (with `seq` contiguous within the session),
+//! 4. A joining session (`snapshot` = 1) first carries the VM:
+//!    `SnapshotPages` and `SnapshotZeros` in pre-copy rounds (a later
+//!    message for a page replaces an earlier one), then `SnapshotEnd`. The
+//!    backup restores and verifies the state, then acks `next_seq - 1`;
+//!    a state that does not verify is answered with `Reject` and the
+//!    session ends ([`LinkError::Refused`] on the primary).
+//! 5. The primary sends `Entry` (with `seq` contiguous within the session,
+//!    from `next_seq` after a snapshot),
 //!    `Released` and `Heartbeat`; the backup sends `Ack` and `Heartbeat`.
 //!    Every heartbeat carries the session's generation and one with
 //!    another ends the session. Each side sends a heartbeat every
@@ -83,5 +93,5 @@ pub use backup::{BackupListener, Event, Verify};
 pub use config::Config;
 pub use error::LinkError;
 pub use hello::{Hello, PROTOCOL_VERSION};
-pub use primary::{PendingLink, PrimaryLink};
-pub use wire::MAX_BODY_LEN;
+pub use primary::{Joining, PendingLink, PrimaryLink};
+pub use wire::{SnapshotEnd, MAX_BODY_LEN, PAGE_SIZE};

@@ -4,11 +4,11 @@
 use crate::config::Config;
 use crate::error::LinkError;
 use crate::hello::Hello;
-use crate::wire::{encode, encode_entry_message, Heartbeats, Message, MessageReader};
+use crate::wire::{encode, encode_entry_message, Heartbeats, Message, MessageReader, SnapshotEnd};
 use ftlog::Entry;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -50,6 +50,8 @@ pub struct PrimaryLink {
 struct Shared {
     /// Encoded messages the writer has not taken yet.
     pending: Mutex<Vec<u8>>,
+    /// Signalled each time the writer takes `pending`.
+    drained: Condvar,
     /// Wakes the writer: there is something to send or to do.
     wake: Notify,
     /// Newest entry seq queued, plus one (0: none), so an ack for an entry
@@ -132,6 +134,14 @@ impl PrimaryLink {
         if first {
             self.shared.wake.notify_one();
         }
+        Ok(())
+    }
+
+    /// Queues a message and wakes the writer.
+    fn send(&self, message: &Message) -> Result<(), LinkError> {
+        self.check_alive()?;
+        encode(message, &mut self.shared.pending());
+        self.shared.wake.notify_one();
         Ok(())
     }
 
@@ -219,8 +229,18 @@ impl PendingLink {
 
     /// Tells the backup that the arbiter granted us `generation` and waits
     /// for it to confirm (it asks the arbiter itself); then the session
-    /// begins and entries may be sent.
+    /// begins and entries may be sent, from the guest's boot on.
     pub fn start(self, generation: u64) -> Result<PrimaryLink, LinkError> {
+        self.begin(generation, false)
+    }
+
+    /// As [`PendingLink::start`], for a backup joining a running primary:
+    /// the session begins with a snapshot of the VM, then the log.
+    pub fn join(self, generation: u64) -> Result<Joining, LinkError> {
+        self.begin(generation, true).map(|link| Joining { link })
+    }
+
+    fn begin(self, generation: u64, snapshot: bool) -> Result<PrimaryLink, LinkError> {
         let PendingLink {
             mut reader,
             mut writer,
@@ -230,13 +250,20 @@ impl PendingLink {
             runtime,
         } = self;
         runtime
-            .block_on(confirm_start(&mut reader, &mut writer, generation, &config))
+            .block_on(confirm_start(
+                &mut reader,
+                &mut writer,
+                generation,
+                snapshot,
+                &config,
+            ))
             .inspect_err(|e| {
                 error!(backup = %addr, "log channel: the backup did not start the session: {e}")
             })?;
         info!(backup = %addr, node = %peer_hello.node, generation, "log channel: session started");
         let shared = Arc::new(Shared {
             pending: Mutex::new(Vec::new()),
+            drained: Condvar::new(),
             wake: Notify::new(),
             queued: AtomicU64::new(0),
             released: AtomicU64::new(0),
@@ -263,22 +290,91 @@ impl PendingLink {
     }
 }
 
-/// Sends `Start { generation }` and reads the backup's echo of it.
+/// The snapshot bytes queued for the writer at most: a joining backup's
+/// pages move at the network's pace, not the memory's.
+const SNAPSHOT_QUEUE: usize = 2 << 20;
+
+/// A session that begins with a snapshot: pages, then the end, after
+/// which it is a [`PrimaryLink`] carrying the log.
+pub struct Joining {
+    link: PrimaryLink,
+}
+
+impl Joining {
+    /// Queues whole pages from `first_pfn` on (at most 15); waits while
+    /// the writer is [`SNAPSHOT_QUEUE`] behind.
+    pub fn pages(&self, first_pfn: u64, data: &[u8]) -> Result<(), LinkError> {
+        self.throttle()?;
+        self.link.send(&Message::SnapshotPages {
+            first_pfn,
+            data: data.to_vec(),
+        })
+    }
+
+    /// Queues `count` zero pages from `first_pfn` on.
+    pub fn zeros(&self, first_pfn: u64, count: u64) -> Result<(), LinkError> {
+        self.link.send(&Message::SnapshotZeros { first_pfn, count })
+    }
+
+    /// Queues the end of the snapshot; the log continues at
+    /// `end.next_seq`, and the backup's ack of `end.next_seq - 1` says it
+    /// verified and holds the state.
+    pub fn finish(self, end: SnapshotEnd) -> Result<PrimaryLink, LinkError> {
+        self.link
+            .shared
+            .queued
+            .fetch_max(end.next_seq, Ordering::SeqCst);
+        self.link.send(&Message::SnapshotEnd(end))?;
+        Ok(self.link)
+    }
+
+    /// Why the link died, once it has (the backup refused the snapshot,
+    /// or was lost).
+    pub fn failure(&self) -> Option<LinkError> {
+        self.link.failure()
+    }
+
+    fn throttle(&self) -> Result<(), LinkError> {
+        let shared = &self.link.shared;
+        let mut pending = shared.pending();
+        while pending.len() > SNAPSHOT_QUEUE {
+            self.link.check_alive()?;
+            pending = shared
+                .drained
+                .wait_timeout(pending, Duration::from_millis(20))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        Ok(())
+    }
+}
+
+/// Sends `Start` and reads the backup's echo of it.
 async fn confirm_start(
     reader: &mut MessageReader<OwnedReadHalf>,
     writer: &mut OwnedWriteHalf,
     generation: u64,
+    snapshot: bool,
     config: &Config,
 ) -> Result<(), LinkError> {
     let exchange = async {
         let mut out = Vec::new();
-        encode(&Message::Start { generation }, &mut out);
+        encode(
+            &Message::Start {
+                generation,
+                snapshot,
+            },
+            &mut out,
+        );
         writer
             .write_all(&out)
             .await
             .map_err(|e| LinkError::io("sending the start", e))?;
         match reader.next().await? {
-            Some(Message::Start { generation: echoed }) if echoed == generation => Ok(()),
+            Some(Message::Start {
+                generation: echoed,
+                snapshot: echoed_snapshot,
+            }) if echoed == generation && echoed_snapshot == snapshot => Ok(()),
             Some(Message::Reject { reason }) => Err(LinkError::HandshakeRefused(reason)),
             Some(other) => Err(LinkError::Protocol(format!(
                 "expected the backup to confirm generation {generation}, got {other:?}"
@@ -396,6 +492,7 @@ async fn read_acks(
             ))
             }
             Message::Heartbeat { .. } => {}
+            Message::Reject { reason } => return LinkError::Refused(reason),
             Message::Ack { seq } => {
                 progress = Instant::now();
                 let newest = shared.queued.load(Ordering::SeqCst).checked_sub(1);
@@ -442,6 +539,7 @@ async fn write_batches(
         // is then in this batch.
         let closing = shared.closing.load(Ordering::SeqCst);
         std::mem::swap(&mut batch, &mut *shared.pending());
+        shared.drained.notify_all();
         let released = shared.released.load(Ordering::SeqCst);
         if released > released_sent {
             encode(&Message::Released { seq: released - 1 }, &mut batch);

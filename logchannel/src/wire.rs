@@ -20,6 +20,14 @@ const TAG_HEARTBEAT: u8 = 0x09;
 const TAG_RELEASED: u8 = 0x0a;
 const TAG_ACK: u8 = 0x0c;
 const TAG_START: u8 = 0x11;
+const TAG_SNAPSHOT_PAGES: u8 = 0x12;
+const TAG_SNAPSHOT_ZEROS: u8 = 0x14;
+const TAG_SNAPSHOT_END: u8 = 0x17;
+
+/// The size of a guest page, the unit of `SnapshotPages`.
+pub const PAGE_SIZE: usize = 4096;
+/// The fixed part of `SnapshotEnd`: three u64, three 32-byte hashes.
+const SNAPSHOT_END_FIXED_LEN: usize = 3 * 8 + 3 * 32;
 
 /// Longest reject reason sent; longer ones are cut.
 pub const MAX_REASON_LEN: usize = 1024;
@@ -39,11 +47,26 @@ pub enum Message {
     Reject {
         reason: String,
     },
-    /// Primary → backup: the generation the arbiter granted it; backup →
-    /// primary, the same: checked, the session begins.
+    /// Primary → backup: the generation the arbiter granted it, and whether
+    /// a snapshot of the running VM comes before the log (a backup joining
+    /// a running primary) or the log starts at boot; backup → primary, the
+    /// same: checked, the session begins.
     Start {
         generation: u64,
+        snapshot: bool,
     },
+    /// Whole guest pages from `first_pfn` on (at most 15: one body).
+    SnapshotPages {
+        first_pfn: u64,
+        data: Vec<u8>,
+    },
+    /// `count` zero pages from `first_pfn` on.
+    SnapshotZeros {
+        first_pfn: u64,
+        count: u64,
+    },
+    /// The snapshot is complete; the log follows from its `next_seq`.
+    SnapshotEnd(SnapshotEnd),
     Entry(Entry),
     Heartbeat {
         counter: u64,
@@ -63,6 +86,9 @@ impl Message {
             Message::Hello(_) => "hello",
             Message::Reject { .. } => "reject",
             Message::Start { .. } => "start",
+            Message::SnapshotPages { .. } => "snapshot pages",
+            Message::SnapshotZeros { .. } => "snapshot zeros",
+            Message::SnapshotEnd(_) => "snapshot end",
             Message::Entry(_) => "entry",
             Message::Heartbeat { .. } => "heartbeat",
             Message::Released { .. } => "released",
@@ -86,8 +112,29 @@ pub fn encode(message: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&hello.heartbeat_ms.to_le_bytes());
             out.extend_from_slice(&hello.silence_ms.to_le_bytes());
         }),
-        Message::Start { generation } => framed(out, TAG_START, |out| {
-            out.extend_from_slice(&generation.to_le_bytes())
+        Message::Start {
+            generation,
+            snapshot,
+        } => framed(out, TAG_START, |out| {
+            out.extend_from_slice(&generation.to_le_bytes());
+            out.push(u8::from(*snapshot));
+        }),
+        Message::SnapshotPages { first_pfn, data } => framed(out, TAG_SNAPSHOT_PAGES, |out| {
+            out.extend_from_slice(&first_pfn.to_le_bytes());
+            out.extend_from_slice(data);
+        }),
+        Message::SnapshotZeros { first_pfn, count } => framed(out, TAG_SNAPSHOT_ZEROS, |out| {
+            out.extend_from_slice(&first_pfn.to_le_bytes());
+            out.extend_from_slice(&count.to_le_bytes());
+        }),
+        Message::SnapshotEnd(end) => framed(out, TAG_SNAPSHOT_END, |out| {
+            for v in [end.next_exit, end.next_seq, end.clock_ns] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out.extend_from_slice(&end.image_hash);
+            out.extend_from_slice(&end.config_hash);
+            out.extend_from_slice(&end.state_digest);
+            out.extend_from_slice(&end.vcpu);
         }),
         Message::Reject { reason } => framed(out, TAG_REJECT, |out| {
             out.extend_from_slice(cut(reason, MAX_REASON_LEN).as_bytes())
@@ -106,6 +153,20 @@ pub fn encode(message: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&seq.to_le_bytes())
         }),
     }
+}
+
+/// The end of a snapshot: where the VM stopped, what it is, and the
+/// digest the joining backup must reach (see `vmm::snapshot::StateDigest`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotEnd {
+    pub next_exit: u64,
+    pub next_seq: u64,
+    pub clock_ns: u64,
+    pub image_hash: [u8; 32],
+    pub config_hash: [u8; 32],
+    pub state_digest: [u8; 32],
+    /// The vCPU state, encoded by the VMM.
+    pub vcpu: Vec<u8>,
 }
 
 /// Appends an `Entry` message without first moving the entry into a
@@ -304,6 +365,9 @@ fn tag_name(tag: u8) -> Option<&'static str> {
         TAG_HELLO => "hello",
         TAG_REJECT => "reject",
         TAG_START => "start",
+        TAG_SNAPSHOT_PAGES => "snapshot pages",
+        TAG_SNAPSHOT_ZEROS => "snapshot zeros",
+        TAG_SNAPSHOT_END => "snapshot end",
         TAG_ENTRY => "entry",
         TAG_HEARTBEAT => "heartbeat",
         TAG_RELEASED => "released",
@@ -345,9 +409,61 @@ fn decode(tag: u8, what: &'static str, frame: &[u8], offset: u64) -> Result<Mess
         TAG_REJECT => Message::Reject {
             reason: printable(body),
         },
-        TAG_START => Message::Start {
-            generation: u64_body()?,
+        TAG_START => match body {
+            [generation @ .., snapshot @ (0 | 1)] if generation.len() == 8 => Message::Start {
+                generation: le_u64(generation),
+                snapshot: *snapshot == 1,
+            },
+            _ => {
+                return Err(malformed(format!(
+                    "{} bytes, expected 8 and a 0 or 1",
+                    body.len()
+                )))
+            }
         },
+        TAG_SNAPSHOT_PAGES => match body.split_first_chunk::<8>() {
+            Some((first_pfn, data)) if !data.is_empty() && data.len().is_multiple_of(PAGE_SIZE) => {
+                Message::SnapshotPages {
+                    first_pfn: u64::from_le_bytes(*first_pfn),
+                    data: data.to_vec(),
+                }
+            }
+            _ => {
+                return Err(malformed(format!(
+                    "{} bytes, expected 8 and whole pages",
+                    body.len()
+                )))
+            }
+        },
+        TAG_SNAPSHOT_ZEROS => match body {
+            [first_pfn @ .., c0, c1, c2, c3, c4, c5, c6, c7] if first_pfn.len() == 8 => {
+                Message::SnapshotZeros {
+                    first_pfn: le_u64(first_pfn),
+                    count: u64::from_le_bytes([*c0, *c1, *c2, *c3, *c4, *c5, *c6, *c7]),
+                }
+            }
+            _ => return Err(malformed(format!("{} bytes, expected 16", body.len()))),
+        },
+        TAG_SNAPSHOT_END if body.len() >= SNAPSHOT_END_FIXED_LEN => {
+            let (fixed, vcpu) = body.split_at(SNAPSHOT_END_FIXED_LEN);
+            let array =
+                |at: usize| -> [u8; 32] { fixed[at..at + 32].try_into().expect("in bounds") };
+            Message::SnapshotEnd(SnapshotEnd {
+                next_exit: le_u64(&fixed[..8]),
+                next_seq: le_u64(&fixed[8..16]),
+                clock_ns: le_u64(&fixed[16..24]),
+                image_hash: array(24),
+                config_hash: array(56),
+                state_digest: array(88),
+                vcpu: vcpu.to_vec(),
+            })
+        }
+        TAG_SNAPSHOT_END => {
+            return Err(malformed(format!(
+                "{} bytes, shorter than the {SNAPSHOT_END_FIXED_LEN}-byte minimum",
+                body.len()
+            )))
+        }
         TAG_HEARTBEAT => {
             let (counter, generation) = <[u8; 16]>::try_from(body)
                 .map(|b| {
@@ -437,7 +553,31 @@ mod tests {
             Message::Reject {
                 reason: "guest image differs".into(),
             },
-            Message::Start { generation: 3 },
+            Message::Start {
+                generation: 3,
+                snapshot: false,
+            },
+            Message::Start {
+                generation: 4,
+                snapshot: true,
+            },
+            Message::SnapshotPages {
+                first_pfn: 9,
+                data: vec![0x5a; 2 * PAGE_SIZE],
+            },
+            Message::SnapshotZeros {
+                first_pfn: 11,
+                count: 30_000,
+            },
+            Message::SnapshotEnd(SnapshotEnd {
+                next_exit: 1,
+                next_seq: 2,
+                clock_ns: 3,
+                image_hash: [4; 32],
+                config_hash: [5; 32],
+                state_digest: [6; 32],
+                vcpu: vec![7; 5000],
+            }),
             Message::Entry(entry(5)),
             Message::Heartbeat {
                 counter: 9,
@@ -548,6 +688,30 @@ mod tests {
             err.contains("malformed ack") && err.contains("7 bytes"),
             "{err}"
         );
+
+        let malformed = |tag: u8, body: &[u8]| {
+            let mut bytes = Vec::new();
+            framed(&mut bytes, tag, |out| out.extend_from_slice(body));
+            bytes
+        };
+        for (tag, body, what) in [
+            (TAG_START, &[0u8; 9][..], None),
+            (TAG_START, &[2u8; 9][..], Some("malformed start")),
+            (TAG_START, &[0u8; 8][..], Some("malformed start")),
+            (TAG_SNAPSHOT_PAGES, &[0u8; 8 + 100][..], Some("whole pages")),
+            (TAG_SNAPSHOT_PAGES, &[0u8; 8][..], Some("whole pages")),
+            (TAG_SNAPSHOT_ZEROS, &[0u8; 15][..], Some("expected 16")),
+            (TAG_SNAPSHOT_END, &[0u8; 100][..], Some("minimum")),
+        ] {
+            let result = read_all(&malformed(tag, body)).await;
+            match what {
+                None => assert!(result.is_ok(), "{tag:#x}: {result:?}"),
+                Some(what) => {
+                    let err = result.unwrap_err().to_string();
+                    assert!(err.contains(what), "{tag:#x}: {err}");
+                }
+            }
+        }
 
         let mut bad_node = encoded(&Message::Hello(Hello::new([1; 32], [2; 32], "abc", 1)));
         bad_node.pop();

@@ -6,7 +6,8 @@
 use ftlog::{Entry, Payload, Position};
 use logchannel::wire::{encode, Message};
 use logchannel::{
-    BackupListener, Config, Event, Hello, LinkError, PrimaryLink, Verify, MAX_BODY_LEN,
+    BackupListener, Config, Event, Hello, LinkError, PrimaryLink, SnapshotEnd, Verify,
+    MAX_BODY_LEN, PAGE_SIZE,
 };
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -235,6 +236,7 @@ fn replay(
                     }
                 }
                 Some(Event::PrimaryLost { reason }) => seen.lost.push(reason),
+                Some(other) => panic!("no snapshot in these sessions: {other:?}"),
             }
         }
         (seen, backup)
@@ -308,8 +310,12 @@ fn fake_primary(addr: SocketAddr, node: &str, config: &Config, generation: u64) 
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     send(&mut stream, &Message::Hello(timed(hello(node), config)));
     expect_message(&mut stream, &Message::Hello(timed(hello("backup"), config)));
-    send(&mut stream, &Message::Start { generation });
-    expect_message(&mut stream, &Message::Start { generation });
+    let start = Message::Start {
+        generation,
+        snapshot: false,
+    };
+    send(&mut stream, &start);
+    expect_message(&mut stream, &start);
     stream
 }
 
@@ -345,6 +351,7 @@ fn fake_backup(config: &Config, reply: Hello, fake: Fake) -> (SocketAddr, JoinHa
         send(&mut stream, &Message::Hello(timed(reply, &config)));
         let start = Message::Start {
             generation: FAKE_GENERATION,
+            snapshot: false,
         };
         match fake {
             Fake::HelloOnly => {}
@@ -414,6 +421,151 @@ fn handshake_streams_and_closes_cleanly() {
             reason: LinkError::PeerClosed,
         } => {}
         other => panic!("expected PrimaryLost(PeerClosed), got {other:?}"),
+    }
+}
+
+fn snapshot_end(next_seq: u64) -> SnapshotEnd {
+    SnapshotEnd {
+        next_exit: 40,
+        next_seq,
+        clock_ns: 123,
+        image_hash: IMAGE,
+        config_hash: GUEST_CONFIG,
+        state_digest: [9; 32],
+        vcpu: vec![1, 2, 3],
+    }
+}
+
+#[test]
+fn a_joining_session_carries_the_snapshot_then_the_log_from_its_end() {
+    logs();
+    let mut backup = listen(relaxed());
+    let joining = PrimaryLink::connect(backup.local_addr(), hello("primary"), relaxed())
+        .unwrap()
+        .join(4)
+        .unwrap();
+    match next_event(&mut backup) {
+        Event::Connected {
+            generation: 4,
+            snapshot: true,
+            ..
+        } => {}
+        other => panic!("expected a joining Connected, got {other:?}"),
+    }
+    let page = vec![0xab; PAGE_SIZE * 2];
+    joining.pages(10, &page).unwrap();
+    joining.zeros(12, 500).unwrap();
+    let primary = joining.finish(snapshot_end(50)).unwrap();
+    match next_event(&mut backup) {
+        Event::SnapshotPages {
+            first_pfn: 10,
+            data,
+        } => assert_eq!(data, page),
+        other => panic!("expected pages, got {other:?}"),
+    }
+    assert!(matches!(
+        next_event(&mut backup),
+        Event::SnapshotZeros {
+            first_pfn: 12,
+            count: 500
+        }
+    ));
+    match next_event(&mut backup) {
+        Event::SnapshotEnd(end) => assert_eq!(end, snapshot_end(50)),
+        other => panic!("expected the end, got {other:?}"),
+    }
+    // The backup's ack of the entry before the snapshot's end: it holds
+    // the state.
+    backup.ack(49);
+    assert!(primary.wait_acked(49, PATIENCE));
+    primary.send_entry(&entry(50)).unwrap();
+    let Event::Entry(got) = next_event(&mut backup) else {
+        panic!("expected the entry")
+    };
+    assert_eq!(got, entry(50));
+    backup.ack(50);
+    assert!(primary.wait_acked(50, PATIENCE));
+    primary.close(PATIENCE).unwrap();
+}
+
+#[test]
+fn a_snapshot_the_backup_refuses_ends_the_session_with_its_reason_on_both_sides() {
+    logs();
+    let mut backup = listen(relaxed());
+    let joining = PrimaryLink::connect(backup.local_addr(), hello("primary"), relaxed())
+        .unwrap()
+        .join(4)
+        .unwrap();
+    assert!(matches!(
+        next_event(&mut backup),
+        Event::Connected { snapshot: true, .. }
+    ));
+    let primary = joining.finish(snapshot_end(50)).unwrap();
+    assert!(matches!(next_event(&mut backup), Event::SnapshotEnd(_)));
+    backup.refuse("the transferred state does not verify");
+    match wait_for_failure(&primary) {
+        LinkError::Refused(reason) => {
+            assert!(reason.contains("does not verify"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+    match next_event(&mut backup) {
+        Event::PrimaryLost { reason } => {
+            assert!(reason.to_string().contains("does not verify"), "{reason}")
+        }
+        other => panic!("expected PrimaryLost, got {other:?}"),
+    }
+}
+
+#[test]
+fn entries_before_the_snapshot_end_and_snapshots_in_a_boot_session_are_refused() {
+    logs();
+    let config = relaxed();
+    for (snapshot, message, expected) in [
+        (
+            true,
+            Message::Entry(entry(0)),
+            "before the end of the snapshot",
+        ),
+        (
+            false,
+            Message::SnapshotZeros {
+                first_pfn: 0,
+                count: 1,
+            },
+            "unexpected snapshot zeros",
+        ),
+        (
+            false,
+            Message::SnapshotEnd(snapshot_end(1)),
+            "unexpected snapshot end",
+        ),
+    ] {
+        let mut backup = listen(config.clone());
+        let mut stream = TcpStream::connect(backup.local_addr()).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        send(
+            &mut stream,
+            &Message::Hello(timed(hello("primary"), &config)),
+        );
+        expect_message(
+            &mut stream,
+            &Message::Hello(timed(hello("backup"), &config)),
+        );
+        let start = Message::Start {
+            generation: 2,
+            snapshot,
+        };
+        send(&mut stream, &start);
+        expect_message(&mut stream, &start);
+        assert!(matches!(next_event(&mut backup), Event::Connected { .. }));
+        send(&mut stream, &message);
+        match next_event(&mut backup) {
+            Event::PrimaryLost { reason } => {
+                assert!(reason.to_string().contains(expected), "{reason}")
+            }
+            other => panic!("expected PrimaryLost, got {other:?}"),
+        }
     }
 }
 

@@ -80,6 +80,10 @@ pub struct ReplicationArgs {
     /// this file: the record a checker reads (see `agent::audit`).
     #[arg(long)]
     pub release_record: Option<PathBuf>,
+    /// Tests only: corrupt the snapshot this node sends a joining backup,
+    /// one fault per join in the order given.
+    #[arg(long, hide = true, value_enum)]
+    pub fault_snapshot: Vec<crate::protect::SnapshotFault>,
 }
 
 impl ReplicationArgs {

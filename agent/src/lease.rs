@@ -102,6 +102,16 @@ impl LeaseKeeper {
     }
 }
 
+impl LeaseKeeper {
+    /// A backup holds the state again: renew with no time asked, so that
+    /// the backup can take over the moment this node is lost.
+    pub fn serve_protected(&self) {
+        let mut state = self.shared.lock();
+        state.alone = false;
+        self.shared.wake.notify_all();
+    }
+}
+
 impl Drop for LeaseKeeper {
     fn drop(&mut self) {
         self.shared.lock().stopping = true;

@@ -10,6 +10,8 @@
 //!   fence; "serving alone" for the primary and a backup gone live.
 //! - [`arbitration`]: blocking claims, lease renewals and queries.
 //! - [`lease`]: the lease kept at the arbiter by a thread of its own.
+//! - [`protect`]: re-protection: a joining backup gets the running VM by
+//!   pre-copy, and the log from the snapshot point on.
 //! - [`replication`]: the primary's side of the log channel, with the
 //!   bounds that hold the vCPU when the backup lags.
 //! - [`audit`]: the release record a checker reads.
@@ -23,6 +25,7 @@ pub mod lease;
 pub mod nic;
 pub mod node;
 pub mod pcap;
+pub mod protect;
 pub mod replication;
 pub mod role;
 pub mod serve;

@@ -145,11 +145,11 @@ fn spawn_rx_thread(
     })
 }
 
-/// Where the recorder's entries go: an optional file, an optional
-/// replication link; the status counts them.
+/// Where the recorder's entries go: an optional file, the replication
+/// link while there is one; the status counts them.
 pub struct NodeLog {
     pub file: Option<LogWriter>,
-    pub link: Option<Arc<crate::replication::Replication>>,
+    pub protection: Arc<crate::protect::Protection>,
     pub status: Arc<Status>,
     /// Bytes of framed entries logged (what the log channel carries).
     pub bytes: u64,
@@ -160,13 +160,13 @@ pub struct NodeLog {
 impl NodeLog {
     pub fn new(
         file: Option<LogWriter>,
-        link: Option<Arc<crate::replication::Replication>>,
+        protection: Arc<crate::protect::Protection>,
         status: Arc<Status>,
         stop: Arc<AtomicBool>,
     ) -> Self {
         NodeLog {
             file,
-            link,
+            protection,
             status,
             bytes: 0,
             stop,
@@ -188,7 +188,7 @@ impl LogSink for NodeLog {
             file.append(&entry).map_err(std::io::Error::other)?;
         }
         let bytes = (ftlog::frame::FRAME_HEADER_LEN + entry.body_len()) as u64;
-        if let Some(link) = &self.link {
+        if let Some(link) = self.protection.link() {
             link.send_entry(&entry, bytes, &self.stop);
         }
         self.bytes += bytes;

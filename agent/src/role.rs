@@ -91,8 +91,14 @@ pub enum Authority {
         heard_at: Instant,
         silence: Duration,
     },
-    /// A node serving alone: the arbiter's lease, if it has one.
-    Lease { valid_until: Option<Instant> },
+    /// A node serving alone: the arbiter's lease, if it has one, for the
+    /// output of entries before `before_seq` (the snapshot point of a
+    /// joining backup, whose acks authorise what comes after; `u64::MAX`
+    /// when no backup joins).
+    Lease {
+        valid_until: Option<Instant>,
+        before_seq: u64,
+    },
 }
 
 /// Every held output whose entry's seq is below the returned value may be
@@ -107,7 +113,8 @@ pub fn releasable_below(authority: Authority, now: Instant) -> u64 {
         } if now.saturating_duration_since(heard_at) < silence => acked.map_or(0, |a| a + 1),
         Authority::Lease {
             valid_until: Some(until),
-        } if now < until => u64::MAX,
+            before_seq,
+        } if now < until => before_seq,
         _ => 0,
     }
 }
@@ -324,7 +331,10 @@ mod tests {
     #[test]
     fn only_a_live_lease_releases_alone() {
         let now = Instant::now();
-        let lease = |until| Authority::Lease { valid_until: until };
+        let lease = |until| Authority::Lease {
+            valid_until: until,
+            before_seq: u64::MAX,
+        };
         assert_eq!(releasable_below(lease(None), now), 0);
         assert_eq!(releasable_below(lease(Some(now)), now), 0);
         assert_eq!(
@@ -332,6 +342,17 @@ mod tests {
             0
         );
         assert_eq!(releasable_below(lease(Some(now + SILENCE)), now), u64::MAX);
+    }
+
+    #[test]
+    fn a_lease_never_releases_past_a_joining_backups_snapshot_point() {
+        let now = Instant::now();
+        let joining = |until| Authority::Lease {
+            valid_until: until,
+            before_seq: 40,
+        };
+        assert_eq!(releasable_below(joining(Some(now + SILENCE)), now), 40);
+        assert_eq!(releasable_below(joining(Some(now)), now), 0);
     }
 
     #[test]

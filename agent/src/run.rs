@@ -8,6 +8,7 @@ use agent::audit::Audit;
 use agent::config::{config_hash, GuestArgs, ReplicationArgs};
 use agent::node::{conclude, Node, NodeLog, ReleaseNow};
 use agent::pcap::PcapWriter;
+use agent::protect::{Joiner, Protection};
 use agent::replication::Replication;
 use agent::role::{start_claim, Role, StartClaim};
 use agent::serve::{finish_serving, OutputGate, Releaser, RoleControl};
@@ -21,7 +22,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vmm::{GuestClock, GuestImage, Machine, Recorder};
+use vmm::{GuestClock, GuestImage, Machine, Pause, Recorder};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -109,7 +110,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         node.start_receiving();
         tracing::info!(guest = %args.guest.guest.display(), nic = args.guest.nic_name(), ip = %args.guest.ip, "guest running");
         let recorder = Recorder::new(machine, node.take_inputs(), GuestClock::starting_at(0));
-        let mut log = NodeLog::new(file, None, status.clone(), node.stop.clone());
+        let mut log = NodeLog::new(file, Arc::default(), status.clone(), node.stop.clone());
         let result = recorder.run(&mut log, &mut out);
         let log_bytes = log.finish()?;
         let drops = node.finish();
@@ -162,7 +163,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let link = pending
         .start(generation)
         .context("the backup did not accept our generation")?;
-    let replication = Replication::new(link, replication_args.bounds());
+    let protection = Protection::protected(Replication::new(link, replication_args.bounds()));
 
     // The backup is there and the arbiter agrees: take the service address.
     let control = RoleControl {
@@ -183,16 +184,35 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         silence: replication_args.silence(),
         renew_every: replication_args.heartbeat(),
         control,
+        protection: protection.clone(),
         vcpu: node.input_sender(),
         stop: node.stop.clone(),
         audit,
     }
-    .spawn_protected(replication.clone());
+    .spawn();
+    // Should the backup be lost, a new one started at the same address
+    // joins by state transfer.
+    let pause = Arc::new(Pause::default());
+    Joiner {
+        backup,
+        hello,
+        channel: replication_args.channel_config(),
+        bounds: replication_args.bounds(),
+        protection: protection.clone(),
+        pause: pause.clone(),
+        dirty_log: machine.dirty_log(),
+        vcpu: node.input_sender(),
+        status: status.clone(),
+        stop: node.stop.clone(),
+        faults: replication_args.fault_snapshot.clone(),
+    }
+    .spawn();
 
     node.start_receiving();
     tracing::info!(generation, %backup, "guest running as the FT primary");
-    let recorder = Recorder::new(machine, node.take_inputs(), GuestClock::starting_at(0));
-    let log = NodeLog::new(file, Some(replication), status.clone(), node.stop.clone());
+    let recorder =
+        Recorder::new(machine, node.take_inputs(), GuestClock::starting_at(0)).with_pause(pause);
+    let log = NodeLog::new(file, protection, status.clone(), node.stop.clone());
     finish_serving(recorder, log, gate, releaser, node, &status)
 }
 

@@ -22,6 +22,7 @@ use crate::arbitration::Arbitration;
 use crate::audit::{Audit, Via};
 use crate::lease::{LeaseKeeper, Renewal};
 use crate::node::ReleaseNow;
+use crate::protect::Protection;
 use crate::replication::Replication;
 use crate::role::{after_claim, releasable_below, Authority, Role, Verdict};
 use crate::status::Status;
@@ -180,8 +181,22 @@ pub enum ReleaserEnd {
 enum Mode {
     /// Protected: the backup's acks authorise output.
     Protected(Arc<Replication>),
-    /// Serving alone: the lease authorises output.
+    /// A backup joined by state transfer and has not acked the state
+    /// yet: its acks authorise output after the snapshot, the lease keeps
+    /// holding other claims off.
+    Joining(Arc<Replication>),
+    /// Serving alone: the lease authorises output (before the snapshot
+    /// point, once a backup joins).
     Alone,
+}
+
+impl Mode {
+    fn link(&self) -> Option<&Arc<Replication>> {
+        match self {
+            Mode::Protected(link) | Mode::Joining(link) => Some(link),
+            Mode::Alone => None,
+        }
+    }
 }
 
 /// What the releaser thread hands back when it ends.
@@ -203,6 +218,9 @@ pub struct Releaser {
     /// How often the lease is renewed.
     pub renew_every: Duration,
     pub control: RoleControl,
+    /// The link to the backup, when there is one (attached by the joiner
+    /// when a backup joins a node serving alone).
+    pub protection: Arc<Protection>,
     /// Stops the vCPU when the node is deposed or halted.
     pub vcpu: SyncSender<Input>,
     pub stop: Arc<AtomicBool>,
@@ -215,14 +233,15 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(20);
 
 impl Releaser {
-    /// Releases for a protected primary replicating over `link`.
-    pub fn spawn_protected(self, link: Arc<Replication>) -> JoinHandle<Released> {
-        std::thread::spawn(move || self.run(Mode::Protected(link)))
-    }
-
-    /// Releases for a node serving alone (it must renew its lease first).
-    pub fn spawn_alone(self) -> JoinHandle<Released> {
-        std::thread::spawn(move || self.run(Mode::Alone))
+    /// Releases for a protected primary if [`Releaser::protection`] has a
+    /// link, for a node serving alone otherwise (it must renew its lease
+    /// first).
+    pub fn spawn(self) -> JoinHandle<Released> {
+        let mode = match self.protection.link() {
+            Some(link) => Mode::Protected(link),
+            None => Mode::Alone,
+        };
+        std::thread::spawn(move || self.run(mode))
     }
 
     fn run(mut self, mut mode: Mode) -> Released {
@@ -258,8 +277,9 @@ impl Releaser {
             if let Some(end) = lease.ended() {
                 return end;
             }
+            self.follow_join(mode, lease);
             let (authority, via) = match &*mode {
-                Mode::Protected(link) => {
+                Mode::Protected(link) | Mode::Joining(link) => {
                     let acked = link.link().acked_seq();
                     let status = &self.control.status;
                     status.acked.store(acked.unwrap_or(0), Ordering::Relaxed);
@@ -275,13 +295,14 @@ impl Releaser {
                 Mode::Alone => (
                     Authority::Lease {
                         valid_until: lease.valid_until(),
+                        // Read under the gate's lock, in `release_below`.
+                        before_seq: u64::MAX,
                     },
                     Via::Lease,
                 ),
             };
-            let below = releasable_below(authority, Instant::now());
-            let (released, waiting_for, closed) = self.release_below(below, via);
-            if let (Some(seq), Mode::Protected(link)) = (released, &*mode) {
+            let (released, waiting_for, closed) = self.release_below(authority, via);
+            if let (Some(seq), Some(link)) = (released, mode.link()) {
                 let _ = link.link().send_released(seq);
             }
             match (waiting_for, closed) {
@@ -293,11 +314,11 @@ impl Releaser {
                     tracing::warn!("stopping with output that could not be released");
                     return ReleaserEnd::Done;
                 }
-                (Some(seq), _) => match &*mode {
-                    Mode::Protected(link) => {
+                (Some(seq), _) => match mode.link() {
+                    Some(link) => {
                         link.link().wait_acked(seq, POLL);
                     }
-                    Mode::Alone => std::thread::sleep(POLL / 4),
+                    None => std::thread::sleep(POLL / 4),
                 },
                 (None, false) => self.wait_for_output(),
             }
@@ -309,13 +330,21 @@ impl Releaser {
     /// A link that ends once the guest has stopped is the clean stop, not a
     /// lost backup (the backup stops at the guest's `Halt`).
     fn follow_backup(&mut self, mode: &mut Mode, lease: &LeaseKeeper) -> Result<(), ReleaserEnd> {
-        let Mode::Protected(link) = &*mode else {
+        let Some(link) = mode.link() else {
             return Ok(());
         };
         let Some(reason) = link.link().failure() else {
             return Ok(());
         };
         link.stop_replicating();
+        self.protection.detach();
+        if matches!(mode, Mode::Joining(_)) {
+            let why = reason.to_string();
+            self.control.status.transfer(|t| {
+                t.state = "failed";
+                t.error = why;
+            });
+        }
         if self.gate.lock().closed {
             tracing::info!(%reason, "the log channel ended after the guest stopped");
             return Err(ReleaserEnd::Done);
@@ -344,6 +373,36 @@ impl Releaser {
         }
     }
 
+    /// A node serving alone whose log the joiner attached to a backup
+    /// follows that backup's acks; once the backup acks the state, the
+    /// node is protected again and gives up the time its lease held.
+    fn follow_join(&mut self, mode: &mut Mode, lease: &LeaseKeeper) {
+        match &*mode {
+            Mode::Alone => {
+                if let Some(link) = self.protection.link() {
+                    *mode = Mode::Joining(link);
+                }
+            }
+            Mode::Joining(link) if link.link().acked_seq().is_some() => {
+                let status = &self.control.status;
+                status.transfer(|t| {
+                    t.state = "joined";
+                    t.total_ms = t
+                        .started
+                        .map_or(0.0, |started| started.elapsed().as_secs_f64() * 1e3);
+                });
+                tracing::info!(
+                    generation = self.generation,
+                    "the backup verified and holds the state"
+                );
+                status.set_role(Role::Primary);
+                lease.serve_protected();
+                *mode = Mode::Protected(link.clone());
+            }
+            Mode::Joining(_) | Mode::Protected(_) => {}
+        }
+    }
+
     /// Fences the node for an end that is not `Done`. The backup is told
     /// nothing more: the `Halt` of the stopping vCPU would stop it too,
     /// where it may have to take over.
@@ -364,7 +423,7 @@ impl Releaser {
                 Role::Halted
             }
         };
-        if let Mode::Protected(link) = mode {
+        if let Some(link) = mode.link() {
             link.stop_replicating();
         }
         self.control.fence(role);
@@ -374,12 +433,27 @@ impl Releaser {
         end
     }
 
-    /// Sends every held frame with `seq < below`; returns the last seq
-    /// released, the first seq still held, and whether the gate is closed.
-    fn release_below(&mut self, below: u64, via: Via) -> (Option<u64>, Option<u64>, bool) {
+    /// Sends every held frame that `authority` allows; returns the last
+    /// seq released, the first seq still held, and whether the gate is
+    /// closed.
+    fn release_below(
+        &mut self,
+        authority: Authority,
+        via: Via,
+    ) -> (Option<u64>, Option<u64>, bool) {
         let mut ready = Vec::new();
         let (waiting_for, closed, held, was_full) = {
             let mut queue = self.gate.lock();
+            // Read under the gate's lock: an output after a joining
+            // backup's snapshot point is only queued once the point is set.
+            let authority = match authority {
+                Authority::Lease { valid_until, .. } => Authority::Lease {
+                    valid_until,
+                    before_seq: self.protection.lease_below(),
+                },
+                backup => backup,
+            };
+            let below = releasable_below(authority, Instant::now());
             let was_full = queue.held.len() >= self.gate.max_held;
             while queue.held.front().is_some_and(|h| h.seq < below) {
                 ready.push(queue.held.pop_front().expect("front exists"));
@@ -461,7 +535,7 @@ pub fn finish_serving(
     gate.close();
     let joined = releaser.join();
     let log_bytes = log.finish()?;
-    if let Some(replication) = log.link.take() {
+    if let Some(replication) = log.protection.detach() {
         if let Ok(replication) = Arc::try_unwrap(replication) {
             replication.close();
         }

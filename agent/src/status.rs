@@ -4,8 +4,31 @@
 pub use crate::role::Role;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// A state transfer to a joining backup, as the primary and the joining
+/// backup each see it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Transfer {
+    /// "" (none yet), "copying", "verifying", "joined" or "failed".
+    pub state: &'static str,
+    pub rounds: u32,
+    /// Page data sent so far (zero pages cost none).
+    pub bytes: u64,
+    /// Pages the last round sent: what the guest wrote during the round
+    /// before, the dirty pages still to move.
+    pub dirty_pages: u64,
+    /// How long the vCPU was stopped for the final round.
+    pub pause_ms: f64,
+    /// From the first page to the backup's ack of the state.
+    pub total_ms: f64,
+    /// The state digest of the moved VM, hex (the same on both nodes).
+    pub state_digest: String,
+    pub error: String,
+    #[serde(skip)]
+    pub started: Option<Instant>,
+}
 
 /// Counters updated by the node's threads; all relaxed: a status view.
 #[derive(Default)]
@@ -35,6 +58,10 @@ pub struct Status {
     pub divergences: AtomicU64,
     /// Why the node cannot do its job, while it cannot (empty: all well).
     alarm: Mutex<String>,
+    /// Since when the node serves without a backup.
+    unprotected_since: Mutex<Option<Instant>>,
+    /// The latest state transfer.
+    transfer: Mutex<Transfer>,
 }
 
 impl Status {
@@ -59,7 +86,37 @@ impl Status {
 
     pub fn set_role(&self, role: Role) {
         self.role.store(role as u8, Ordering::Relaxed);
+        {
+            let mut since = lock(&self.unprotected_since);
+            match role {
+                Role::Alone if since.is_none() => {
+                    *since = Some(Instant::now());
+                    tracing::warn!("unprotected: serving without a backup");
+                }
+                Role::Alone => {}
+                _ => {
+                    if let Some(since) = since.take() {
+                        if role == Role::Primary {
+                            tracing::info!(
+                                after_ms = since.elapsed().as_millis() as u64,
+                                "protected again: a backup holds the state"
+                            );
+                        }
+                    }
+                }
+            }
+        }
         self.write();
+    }
+
+    /// How long the node has served without a backup, while it does.
+    pub fn unprotected_for(&self) -> Option<Duration> {
+        lock(&self.unprotected_since).map(|since| since.elapsed())
+    }
+
+    /// Updates the state transfer's view.
+    pub fn transfer(&self, update: impl FnOnce(&mut Transfer)) {
+        update(&mut lock(&self.transfer));
     }
 
     pub fn role(&self) -> Role {
@@ -68,12 +125,12 @@ impl Status {
 
     /// Raises (or, with an empty text, clears) the node's alarm.
     pub fn set_alarm(&self, text: &str) {
-        *self.alarm.lock().unwrap_or_else(|e| e.into_inner()) = text.to_string();
+        *lock(&self.alarm) = text.to_string();
         self.write();
     }
 
     fn alarm(&self) -> String {
-        self.alarm.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.alarm).clone()
     }
 
     pub fn to_json(&self) -> String {
@@ -81,7 +138,7 @@ impl Status {
         format!(
             "{{\"node\":{:?},\"role\":\"{}\",\"generation\":{},\"exits\":{},\"entries\":{},\"acked\":{},\
              \"held_outputs\":{},\"released_outputs\":{},\"lag_entries\":{},\"lag_ms\":{},\"divergences\":{},\
-             \"protected\":{},\"alarm\":{}}}",
+             \"protected\":{},\"unprotected_ms\":{},\"transfer\":{},\"alarm\":{}}}",
             self.node,
             self.role().name(),
             get(&self.generation),
@@ -94,6 +151,8 @@ impl Status {
             get(&self.lag_ms),
             get(&self.divergences),
             self.role() == Role::Primary,
+            self.unprotected_for().map_or(0, |d| d.as_millis() as u64),
+            serde_json::to_string(&*lock(&self.transfer)).unwrap_or_default(),
             // Peer-supplied text may be in it: escaped as JSON, not as Rust.
             serde_json::Value::String(self.alarm()),
         )
@@ -111,6 +170,11 @@ impl Status {
     }
 }
 
+/// The status is a view: a poisoned lock still holds a whole value.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +187,23 @@ mod tests {
         assert_eq!(value["alarm"], "peer said \"\u{1b}[2J\"\n\\ and é");
         assert_eq!(value["role"], "starting");
         assert_eq!(value["protected"], false);
+        assert_eq!(value["transfer"]["state"], "");
+    }
+
+    #[test]
+    fn the_status_counts_the_time_unprotected() {
+        let status = Status::new("a", None);
+        assert_eq!(status.unprotected_for(), None);
+        status.set_role(Role::Alone);
+        std::thread::sleep(Duration::from_millis(5));
+        let value: serde_json::Value = serde_json::from_str(&status.to_json()).unwrap();
+        assert!(value["unprotected_ms"].as_u64().unwrap() >= 5);
+        status.set_role(Role::Alone);
+        assert!(status.unprotected_for().unwrap() >= Duration::from_millis(5));
+        status.set_role(Role::Primary);
+        assert_eq!(status.unprotected_for(), None);
+        let value: serde_json::Value = serde_json::from_str(&status.to_json()).unwrap();
+        assert_eq!(value["protected"], true);
+        assert_eq!(value["unprotected_ms"], 0);
     }
 }

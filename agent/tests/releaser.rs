@@ -96,11 +96,12 @@ fn serve_alone(answer: fn(&Request) -> Response) -> Run {
             xdp: None,
             status: status.clone(),
         },
+        protection: Arc::default(),
         vcpu,
         stop,
         audit: Arc::new(Audit::default()),
     }
-    .spawn_alone();
+    .spawn();
     // A lease releases at once; give a refusal the same chance.
     std::thread::sleep(Duration::from_millis(300));
     gate.close();

@@ -12,13 +12,20 @@
 //! its replica up only if its own primary won (a partition the primary
 //! won); if the arbiter names a node it cannot explain, it keeps the only
 //! up-to-date replica, raises an alarm and asks again.
+//!
+//! A backup started while a primary already runs joins it: the session
+//! begins with a snapshot of the running VM ([`join`]), and the replay
+//! starts from the snapshot's point. Once live, with `--backup`, the node
+//! lets a new backup join it the same way ([`agent::protect`]).
 
+mod join;
 mod source;
 
 use agent::arbitration::Arbitration;
 use agent::audit::Audit;
 use agent::config::{config_hash, GuestArgs, ReplicationArgs};
 use agent::node::{Node, NodeLog, ReleaseNow};
+use agent::protect::{Joiner, Protection};
 use agent::role::{after_backup_denial, holding_claim, BackupVerdict, Role};
 use agent::serve::{finish_serving, OutputGate, Releaser, RoleControl, EXIT_DEPOSED};
 use agent::status::Status;
@@ -35,7 +42,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use vmm::replay::{hex, ReplayedOutput};
-use vmm::{GuestImage, Handover, Machine, Recorder, ReplayEnd, ReplayError, Replayer};
+use vmm::{GuestImage, Handover, Machine, Pause, Recorder, ReplayEnd, ReplayError, Replayer};
 
 const EXIT_DIVERGENCE: u8 = 2;
 const EXIT_GUEST_FAILED: u8 = 3;
@@ -52,6 +59,11 @@ struct Args {
     /// Where the primary's log channel connects.
     #[arg(long)]
     listen: SocketAddr,
+    /// Once this node has gone live: where a new backup listens (a
+    /// backup-agent started on the other host), which then joins by state
+    /// transfer. Without it, a node gone live stays unprotected.
+    #[arg(long)]
+    backup: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -83,7 +95,7 @@ fn run(args: Args) -> Result<ExitCode> {
     );
     let listener = BackupListener::bind(
         args.listen,
-        hello,
+        hello.clone(),
         args.replication.channel_config(),
         verify_with(args.replication.arbiter),
     )
@@ -101,8 +113,39 @@ fn run(args: Args) -> Result<ExitCode> {
         unreleased.clone(),
         audit.clone(),
     );
+    let replayer = match source.wait_for_session() {
+        Some(session) if session.snapshot => {
+            let identity = join::Identity {
+                image_hash: image.hash(),
+                config_hash: config_hash(&config),
+            };
+            match join::receive(&mut source, &machine, &identity, &status) {
+                Ok(point) => Replayer::resume_from(machine, point),
+                Err(join::JoinError::Refused(reason)) => {
+                    status.transfer(|t| {
+                        t.state = "failed";
+                        t.error = reason.clone();
+                    });
+                    status.set_alarm(&format!("refused the primary's snapshot: {reason}"));
+                    status.set_role(Role::Halted);
+                    source.refuse(&reason);
+                    node.finish();
+                    anyhow::bail!("refused the primary's snapshot: {reason}");
+                }
+                Err(join::JoinError::Lost) => {
+                    status.set_role(Role::Stopped);
+                    node.finish();
+                    anyhow::bail!(
+                        "the primary's session ended before its snapshot was complete: \
+                         nothing to go live with"
+                    );
+                }
+            }
+        }
+        _ => Replayer::new(machine),
+    };
     let mut keep_unreleased = |output: ReplayedOutput| unreleased.borrow_mut().push(output);
-    let end = Replayer::new(machine).run(&mut source, &mut keep_unreleased);
+    let end = replayer.run(&mut source, &mut keep_unreleased);
     let handover = match end {
         Ok(ReplayEnd::Halted(summary)) => {
             println!(
@@ -147,6 +190,7 @@ fn run(args: Args) -> Result<ExitCode> {
                 status,
                 audit,
                 incarnation,
+                hello,
             };
             live.run(handover, session, unreleased.borrow_mut().take())
         }
@@ -200,6 +244,8 @@ struct GoLive {
     status: Arc<Status>,
     audit: Arc<Audit>,
     incarnation: u64,
+    /// Ours, as a primary to a joining backup.
+    hello: Hello,
 }
 
 impl GoLive {
@@ -215,6 +261,7 @@ impl GoLive {
             status,
             audit,
             incarnation,
+            hello,
         } = self;
         status.set_role(Role::GoingLive);
         tracing::info!(
@@ -315,6 +362,7 @@ impl GoLive {
                 .into_iter()
                 .map(|output| (output.frame, output.seq, output.clock_ns)),
         );
+        let protection = Arc::new(Protection::default());
         let releaser = Releaser {
             gate: gate.clone(),
             out,
@@ -323,11 +371,29 @@ impl GoLive {
             silence: replication.silence(),
             renew_every: replication.heartbeat(),
             control,
+            protection: protection.clone(),
             vcpu: node.input_sender(),
             stop: node.stop.clone(),
             audit,
         }
-        .spawn_alone();
+        .spawn();
+        let pause = Arc::new(Pause::default());
+        if let Some(backup) = args.backup {
+            Joiner {
+                backup,
+                hello,
+                channel: replication.channel_config(),
+                bounds: replication.bounds(),
+                protection: protection.clone(),
+                pause: pause.clone(),
+                dirty_log: handover.dirty_log(),
+                vcpu: node.input_sender(),
+                status: status.clone(),
+                stop: node.stop.clone(),
+                faults: replication.fault_snapshot.clone(),
+            }
+            .spawn();
+        }
         tracing::info!(
             generation,
             resent,
@@ -335,8 +401,8 @@ impl GoLive {
             "live: serving as the primary"
         );
         node.start_receiving();
-        let recorder = Recorder::resume(handover, node.take_inputs());
-        let log = NodeLog::new(None, None, status.clone(), node.stop.clone());
+        let recorder = Recorder::resume(handover, node.take_inputs()).with_pause(pause);
+        let log = NodeLog::new(None, protection, status.clone(), node.stop.clone());
         finish_serving(recorder, log, gate, releaser, node, &status)
     }
 }

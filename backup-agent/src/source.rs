@@ -45,6 +45,8 @@ pub struct Session {
     pub primary: String,
     pub incarnation: u64,
     pub generation: u64,
+    /// The session begins with a snapshot of the running VM.
+    pub snapshot: bool,
 }
 
 /// Entries taken from the channel ahead of the replay, at most: beyond it
@@ -62,6 +64,8 @@ pub struct ChannelSource {
     /// The primary's session has ended.
     lost: bool,
     received: VecDeque<(Entry, Instant)>,
+    /// Snapshot pieces received, in order.
+    snapshot: VecDeque<Event>,
     acked: Option<u64>,
 }
 
@@ -82,6 +86,7 @@ impl ChannelSource {
             session: None,
             lost: false,
             received: VecDeque::new(),
+            snapshot: VecDeque::new(),
             acked: None,
         }
     }
@@ -92,16 +97,21 @@ impl ChannelSource {
                 peer,
                 hello,
                 generation,
+                snapshot,
             } => {
-                tracing::info!(%peer, node = %hello.node, generation, "replicating from the primary");
+                tracing::info!(%peer, node = %hello.node, generation, snapshot, "replicating from the primary");
                 self.session = Some(Session {
                     primary: hello.node,
                     incarnation: hello.incarnation,
                     generation,
+                    snapshot,
                 });
                 self.status.generation.store(generation, Ordering::Relaxed);
             }
             Event::Entry(entry) => self.received.push_back((entry, Instant::now())),
+            part @ (Event::SnapshotPages { .. }
+            | Event::SnapshotZeros { .. }
+            | Event::SnapshotEnd(_)) => self.snapshot.push_back(part),
             Event::Released(seq) => self.unreleased.borrow_mut().released_through(seq),
             Event::PrimaryLost { reason } => {
                 tracing::warn!(%reason, "lost the primary");
@@ -125,6 +135,50 @@ impl ChannelSource {
             .lag_entries
             .store(self.received.len() as u64, Ordering::Relaxed);
         self.status.lag_ms.store(lag_ms, Ordering::Relaxed);
+    }
+}
+
+impl ChannelSource {
+    /// Waits for the next event that `ready` finds, handling all others;
+    /// `false` if the session is lost or the node stops first.
+    fn wait_until(&mut self, ready: impl Fn(&ChannelSource) -> bool) -> bool {
+        while !ready(self) {
+            if self.lost || self.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            match self.listener.next(Duration::from_millis(100)) {
+                Ok(Some(event)) => self.handle(event),
+                Ok(None) => {}
+                Err(e) => self.listener_stopped(e),
+            }
+        }
+        true
+    }
+
+    /// Waits for a primary's session to begin.
+    pub fn wait_for_session(&mut self) -> Option<Session> {
+        self.wait_until(|source| source.session.is_some());
+        self.session.clone()
+    }
+
+    /// The next piece of the snapshot; `None` if the session ended first.
+    pub fn next_snapshot_part(&mut self) -> Option<Event> {
+        self.wait_until(|source| !source.snapshot.is_empty());
+        self.snapshot.pop_front()
+    }
+
+    /// Refuses the primary's snapshot with `reason`, and waits (briefly)
+    /// until the session has ended, so the primary is told why.
+    pub fn refuse(&mut self, reason: &str) {
+        self.listener.refuse(reason);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.lost && Instant::now() < deadline {
+            match self.listener.next(Duration::from_millis(100)) {
+                Ok(Some(event)) => self.handle(event),
+                Ok(None) => {}
+                Err(e) => self.listener_stopped(e),
+            }
+        }
     }
 }
 

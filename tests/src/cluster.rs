@@ -150,6 +150,16 @@ impl NodeStatus {
             .unwrap_or_else(|| panic!("no number {key} in status {:?}", self.0))
     }
 
+    /// A field of the status's `transfer` object (a state transfer to or
+    /// from this node), as text.
+    pub fn transfer(&self, key: &str) -> String {
+        match self.0.get("transfer").and_then(|t| t.get(key)) {
+            Some(serde_json::Value::String(text)) => text.clone(),
+            Some(other) => other.to_string(),
+            None => String::new(),
+        }
+    }
+
     /// Serving the guest: `primary` (with a backup) or `primary-alone`.
     pub fn is_serving(&self) -> bool {
         self.role().starts_with("primary")
@@ -371,10 +381,20 @@ impl Cluster {
     // ---- agents ----
 
     /// Starts `backup-agent` on `host`, listening on its `repl` address,
-    /// and waits until it listens.
+    /// and waits until it listens. Once live, it lets a new backup on the
+    /// other host join it. Started while the other host serves, it joins
+    /// by state transfer.
     pub fn start_backup(&mut self, host: Host) -> Result<()> {
+        self.start_backup_with(host, &[])
+    }
+
+    /// [`Cluster::start_backup`] with more arguments.
+    pub fn start_backup_with(&mut self, host: Host, extra: &[&str]) -> Result<()> {
         let listen = host.backup_addr();
-        let cmd = self.agent_command(host, "backup-agent", &[], &["--listen", &listen]);
+        let peer = host.other().backup_addr();
+        let mut role = vec!["--listen", &listen, "--backup", &peer];
+        role.extend_from_slice(extra);
+        let cmd = self.agent_command(host, "backup-agent", &[], &role);
         self.spawn_node(host, cmd, "backup-agent")?;
         self.wait_node(host, "the backup to listen", START_LIMIT, |cluster| {
             let out = cluster.host(host).exec(&["ss", "-Hltn"])?;
@@ -388,8 +408,15 @@ impl Cluster {
     /// other host, and waits until the service answers (which needs the
     /// backup's acks).
     pub fn start_primary(&mut self, host: Host) -> Result<()> {
+        self.start_primary_with(host, &[])
+    }
+
+    /// [`Cluster::start_primary`] with more arguments.
+    pub fn start_primary_with(&mut self, host: Host, extra: &[&str]) -> Result<()> {
         let backup = host.other().backup_addr();
-        let cmd = self.agent_command(host, "agent", &["run"], &["--backup", &backup]);
+        let mut role = vec!["--backup", backup.as_str()];
+        role.extend_from_slice(extra);
+        let cmd = self.agent_command(host, "agent", &["run"], &role);
         self.spawn_node(host, cmd, "agent run")?;
         self.wait_node(host, "the service to answer PING", START_LIMIT, |cluster| {
             Ok((cluster.redis(&["PING"])? == "PONG").then_some(()))
@@ -610,6 +637,35 @@ impl Cluster {
         let text =
             std::fs::read_to_string(&log).with_context(|| format!("read {}", log.display()))?;
         Ok((out, text))
+    }
+
+    /// Waits until the node serving on `live` is protected again by a
+    /// backup on the other host that joined it by state transfer, and both
+    /// report the same state digest; returns the primary's status.
+    pub fn wait_joined(&mut self, live: Host, limit: Duration) -> Result<NodeStatus> {
+        let joined = self.wait_node(
+            live,
+            "a backup to join by state transfer",
+            limit,
+            |cluster| {
+                let (Some(primary), Some(backup)) =
+                    (cluster.status(live)?, cluster.status(live.other())?)
+                else {
+                    return Ok(None);
+                };
+                let done = primary.role() == "primary"
+                    && primary.transfer("state") == "joined"
+                    && backup.transfer("state") == "joined";
+                Ok(done.then_some((primary, backup)))
+            },
+        )?;
+        let (primary, backup) = joined;
+        ensure!(
+            !primary.transfer("state_digest").is_empty()
+                && primary.transfer("state_digest") == backup.transfer("state_digest"),
+            "the backup's state digest differs from the primary's: {primary:?} vs {backup:?}"
+        );
+        Ok(primary)
     }
 
     /// SIGKILL to the agent on `host`, by pid; waits until it is gone.

@@ -32,4 +32,9 @@ impl Handover {
     pub fn next_seq(&self) -> u64 {
         self.next_seq
     }
+
+    /// The dirty log of the VM taken over, for a later state transfer.
+    pub fn dirty_log(&self) -> crate::snapshot::DirtyLog {
+        self.machine.dirty_log()
+    }
 }

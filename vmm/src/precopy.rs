@@ -127,7 +127,7 @@ impl PreCopy {
 
     /// The final round, run with the vCPU stopped at `point`: the pages
     /// written since the last round, the pages only the VMM writes, and
-    /// the vCPU. Dirty logging stops.
+    /// the vCPU.
     pub fn finish(
         mut self,
         machine: &Machine,
@@ -142,7 +142,6 @@ impl PreCopy {
         pages.dedup();
         let round = self.send(started, &pages, sink)?;
         let vcpu = machine.vcpu_state()?.encode();
-        self.log.stop()?;
         let state_digest = StateDigest {
             image_hash: hashes.0,
             config_hash: hashes.1,
@@ -195,6 +194,15 @@ impl PreCopy {
         };
         self.rounds.push(round);
         Ok(round)
+    }
+}
+
+impl Drop for PreCopy {
+    /// A transfer that ends, finished or not, stops the dirty log.
+    fn drop(&mut self) {
+        if let Err(e) = self.log.stop() {
+            tracing::warn!("stopping the dirty log: {e}");
+        }
     }
 }
 

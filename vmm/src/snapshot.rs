@@ -201,6 +201,7 @@ pub fn vmm_written_pages() -> std::ops::Range<u64> {
 /// KVM's log of the pages the guest wrote, for a transfer that reads RAM
 /// while the vCPU runs: a page read, then written, shows up in the next
 /// [`DirtyLog::take`].
+#[derive(Clone)]
 pub struct DirtyLog {
     // Field order matters for drop: the VM goes before the memory it maps.
     vm: Arc<VmFd>,

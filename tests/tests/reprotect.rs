@@ -1,0 +1,209 @@
+//! Re-protection end to end: after each failover a new backup starts on
+//! the failed host and joins the live node by state transfer (pre-copy of
+//! the running VM), so the service survives failure after failure, with
+//! one client connection throughout. Snapshots that do not verify are
+//! refused on both sides and the primary serves on.
+
+use ft_tests::audit;
+use ft_tests::cluster::{Cluster, Host};
+use ft_tests::{require_root_and_kvm, wait_for, Process, Summary};
+use std::io::PipeWriter;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
+const JOIN_LIMIT: Duration = Duration::from_secs(60);
+
+fn llen(cluster: &Cluster, key: &str) -> u64 {
+    cluster
+        .redis(&["LLEN", key])
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until `key` holds more than `count` values: the service answers.
+fn wait_pushed_past(cluster: &Cluster, key: &str, count: u64) {
+    wait_for("the checker to push", Duration::from_secs(30), || {
+        Ok((llen(cluster, key) > count).then_some(()))
+    })
+    .expect("the checker's values go through the live node");
+}
+
+/// ft-checker pushing `key` on one connection until its stdin closes.
+fn start_checker(cluster: &Cluster, key: &str) -> (Process, PipeWriter) {
+    let mut cmd = cluster.checker_command(key, &["--until-stdin-closes", "--pause-ms", "2"]);
+    let (stdin, writer) = std::io::pipe().expect("pipe");
+    cmd.stdin(stdin).stderr(Stdio::inherit());
+    let checker = Process::spawn(cmd, "ft-checker").expect("spawn ft-checker");
+    (checker, writer)
+}
+
+/// Ends the checker; its report must show nothing lost or duplicated on
+/// one connection.
+fn checker_report(checker: Process, stdin: PipeWriter) -> Summary {
+    drop(stdin);
+    let out = checker
+        .wait_with_output(Duration::from_secs(120))
+        .expect("ft-checker ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("ft-checker: {}", stdout.trim_end());
+    let report = Summary::parse(&stdout);
+    assert_eq!(report.number("lost"), 0, "{stdout}");
+    assert_eq!(report.number("duplicated"), 0, "{stdout}");
+    assert_eq!(report.get("connection_survived"), "true", "{stdout}");
+    assert!(out.status.success(), "ft-checker: {}: {stdout}", out.status);
+    report
+}
+
+fn assert_history(cluster: &Cluster, key: &str, report: &Summary) {
+    let list = cluster.redis(&["LRANGE", key, "0", "-1"]).expect("LRANGE");
+    let values: Vec<&str> = list.lines().collect();
+    let expected = report.number("acked") + report.number("unacked_present");
+    assert_eq!(values.len() as u64, expected, "LRANGE {key} vs {report:?}");
+    for (n, value) in values.iter().enumerate() {
+        assert_eq!(*value, format!("v-{n}"), "LRANGE {key} at index {n}");
+    }
+}
+
+#[test]
+fn failovers_alternate_between_the_hosts_and_each_new_backup_joins_by_state_transfer() {
+    require_root_and_kvm();
+    let mut cluster = Cluster::new("rp").expect("build the topology");
+    cluster.start_arbiter().unwrap();
+    cluster.start_backup(Host::B).unwrap();
+    cluster.start_primary(Host::A).unwrap();
+    let (checker, stdin) = start_checker(&cluster, "history");
+    wait_pushed_past(&cluster, "history", 100);
+
+    let mut primary = Host::A;
+    let mut generation = cluster.arbiter_state().unwrap().generation;
+    for failover in 1..=4 {
+        let kill = Instant::now();
+        cluster.kill(primary).unwrap();
+        let live = primary.other();
+        cluster.wait_serving(live, FAILOVER_LIMIT).unwrap();
+        eprintln!(
+            "failover {failover}: host-{} serves {:?} after the kill",
+            live.node(),
+            kill.elapsed()
+        );
+        let pushed = llen(&cluster, "history");
+
+        // The failed host comes back as a backup and joins the live node.
+        let join = Instant::now();
+        cluster.start_backup(primary).unwrap();
+        let joined = cluster.wait_joined(live, JOIN_LIMIT).unwrap();
+        eprintln!(
+            "failover {failover}: host-{} joined in {:?}: {} rounds, {} bytes, paused {} ms, state {}",
+            primary.node(),
+            join.elapsed(),
+            joined.transfer("rounds"),
+            joined.transfer("bytes"),
+            joined.transfer("pause_ms"),
+            joined.transfer("state_digest"),
+        );
+        assert_eq!(joined.number("unprotected_ms"), 0, "{joined:?}");
+        let backup = cluster
+            .status(primary)
+            .unwrap()
+            .expect("the new backup's status");
+        assert_eq!(backup.role(), "backup", "{backup:?}");
+        // The client's values keep going through the protected pair.
+        wait_pushed_past(&cluster, "history", pushed + 50);
+        let now = cluster.arbiter_state().unwrap();
+        assert!(now.generation > generation, "{now:?} after {generation}");
+        assert_eq!(now.owner, live.node(), "{now:?}");
+        generation = now.generation;
+        primary = live;
+    }
+
+    let report = checker_report(checker, stdin);
+    assert_history(&cluster, "history", &report);
+    // At a quiescent point, a clean stop: the backup that joined by state
+    // transfer replays to the primary's final state, byte for byte.
+    let last_primary = cluster.stop(primary).unwrap();
+    let last_backup = cluster.finish(primary.other()).unwrap();
+    assert_eq!(
+        last_backup.get("state_hash"),
+        last_primary.get("state_hash")
+    );
+    let violations = audit::violations(&cluster.release_records().unwrap());
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[test]
+fn snapshots_that_do_not_verify_are_refused_and_the_primary_serves_on_unprotected() {
+    require_root_and_kvm();
+    let mut cluster = Cluster::new("rq").expect("build the topology");
+    cluster.start_arbiter().unwrap();
+    cluster.start_backup(Host::B).unwrap();
+    // Its first join gets a flipped byte, its second another image.
+    cluster
+        .start_primary_with(
+            Host::A,
+            &[
+                "--fault-snapshot",
+                "flip-byte",
+                "--fault-snapshot",
+                "other-image",
+            ],
+        )
+        .unwrap();
+    let (checker, stdin) = start_checker(&cluster, "history");
+    wait_pushed_past(&cluster, "history", 100);
+    cluster.kill(Host::B).unwrap();
+    wait_for("host-a to serve alone", FAILOVER_LIMIT, || {
+        Ok(cluster
+            .status(Host::A)?
+            .filter(|s| s.role() == "primary-alone"))
+    })
+    .unwrap();
+
+    for expected in [
+        "the transferred state does not verify",
+        "the snapshot is of guest image",
+    ] {
+        let pushed = llen(&cluster, "history");
+        cluster.start_backup(Host::B).unwrap();
+        let out = cluster.wait_exit(Host::B, JOIN_LIMIT).unwrap();
+        let backup_log = cluster.node_log(Host::B).unwrap();
+        assert!(
+            !out.status.success(),
+            "the backup accepted a bad snapshot:\n{backup_log}"
+        );
+        assert!(
+            backup_log.contains(&format!("refused the primary's snapshot: {expected}")),
+            "{backup_log}"
+        );
+        let primary = wait_for("host-a to see the refusal", FAILOVER_LIMIT, || {
+            Ok(cluster
+                .status(Host::A)?
+                .filter(|s| s.role() == "primary-alone" && s.transfer("state") == "failed"))
+        })
+        .unwrap();
+        assert!(primary.transfer("error").contains(expected), "{primary:?}");
+        assert!(primary.number("unprotected_ms") > 0, "{primary:?}");
+        let primary_log = cluster.node_log(Host::A).unwrap();
+        assert!(
+            primary_log.contains("the backup refused the session")
+                && primary_log.contains(expected),
+            "{primary_log}"
+        );
+        // The primary serves on.
+        wait_pushed_past(&cluster, "history", pushed + 50);
+    }
+
+    // A third backup gets a good snapshot, and the pair fails over again.
+    cluster.start_backup(Host::B).unwrap();
+    cluster.wait_joined(Host::A, JOIN_LIMIT).unwrap();
+    cluster.kill(Host::A).unwrap();
+    cluster.wait_serving(Host::B, FAILOVER_LIMIT).unwrap();
+    let pushed = llen(&cluster, "history");
+    wait_pushed_past(&cluster, "history", pushed + 50);
+    let report = checker_report(checker, stdin);
+    assert_history(&cluster, "history", &report);
+    cluster.stop(Host::B).unwrap();
+    let violations = audit::violations(&cluster.release_records().unwrap());
+    assert!(violations.is_empty(), "{violations:#?}");
+}

@@ -36,6 +36,32 @@ pub struct GuestArgs {
 }
 
 impl GuestArgs {
+    /// The flags that give these arguments (for handing them to
+    /// `backup-agent`, which takes the same ones).
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = vec!["--guest".into(), self.guest.clone().into_os_string()];
+        let mut flag = |name: &str, value: String| {
+            args.push(name.into());
+            args.push(value.into());
+        };
+        if let Some(tap) = &self.tap {
+            flag("--tap", tap.clone());
+        }
+        if let Some(xdp) = &self.xdp {
+            flag("--xdp", xdp.clone());
+        }
+        flag("--ip", self.ip.clone());
+        flag("--mac", self.mac.clone());
+        if let Some(gateway) = self.gateway {
+            flag("--gateway", gateway.to_string());
+        }
+        if let Some(status) = &self.status {
+            args.push("--status".into());
+            args.push(status.clone().into_os_string());
+        }
+        args
+    }
+
     pub fn guest_config(&self) -> Result<GuestConfig> {
         guest_config(&self.mac, &self.ip, self.gateway)
     }
@@ -87,6 +113,34 @@ pub struct ReplicationArgs {
 }
 
 impl ReplicationArgs {
+    /// The flags that give these arguments (see [`GuestArgs::to_args`]).
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        let mut flag = |name: &str, value: String| {
+            args.push(name.into());
+            args.push(value.into());
+        };
+        flag("--arbiter", self.arbiter.to_string());
+        flag("--node", self.node.clone());
+        flag("--heartbeat-ms", self.heartbeat_ms.to_string());
+        flag("--silence-ms", self.silence_ms.to_string());
+        flag(
+            "--max-unacked-entries",
+            self.max_unacked_entries.to_string(),
+        );
+        flag("--max-unacked-bytes", self.max_unacked_bytes.to_string());
+        flag("--max-held-outputs", self.max_held_outputs.to_string());
+        for fault in &self.fault_snapshot {
+            let name = clap::ValueEnum::to_possible_value(fault).expect("not skipped");
+            flag("--fault-snapshot", name.get_name().to_string());
+        }
+        if let Some(record) = &self.release_record {
+            args.push("--release-record".into());
+            args.push(record.clone().into_os_string());
+        }
+        args
+    }
+
     /// Refuses timing that would declare a healthy peer dead.
     pub fn check(&self) -> Result<()> {
         check_timing(self.heartbeat_ms, self.silence_ms).map_err(anyhow::Error::msg)
@@ -172,6 +226,35 @@ pub fn guest_config(mac: &str, cidr: &str, gateway: Option<Ipv4Addr>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser, Debug)]
+    struct Both {
+        #[command(flatten)]
+        guest: GuestArgs,
+        #[command(flatten)]
+        replication: ReplicationArgs,
+    }
+
+    #[test]
+    fn the_flags_given_back_parse_to_the_same_arguments() {
+        for argv in [
+            "x --guest g --xdp eth0 --ip 198.18.0.2/24 --mac 02:00:00:00:00:02 \
+             --arbiter 198.18.0.20:7700 --node a",
+            "x --guest /a/g --tap t0 --ip 198.18.0.2/24 --mac 02:00:00:00:00:02 \
+             --gateway 198.18.0.1 --status /run/s.json --arbiter 198.18.0.20:7700 \
+             --node b-1 --heartbeat-ms 20 --silence-ms 90 --max-unacked-entries 5 \
+             --max-unacked-bytes 6 --max-held-outputs 7 --release-record /r \
+             --fault-snapshot flip-byte --fault-snapshot other-image",
+        ] {
+            let first = Both::parse_from(argv.split_whitespace());
+            let mut again = vec![std::ffi::OsString::from("x")];
+            again.extend(first.guest.to_args());
+            again.extend(first.replication.to_args());
+            let second = Both::parse_from(again);
+            assert_eq!(format!("{first:?}"), format!("{second:?}"));
+        }
+    }
 
     #[test]
     fn parses_and_rejects() {

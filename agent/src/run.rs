@@ -48,6 +48,12 @@ pub struct RunArgs {
     /// How long to keep trying to reach the backup at start.
     #[arg(long, default_value_t = 30)]
     connect_timeout_s: u64,
+    /// This host's log channel address as a backup. Given it, a node that
+    /// starts while the arbiter says another node serves never claims: it
+    /// becomes `backup-agent` listening here, and joins that node by state
+    /// transfer (the restart policy of a node that failed or was deposed).
+    #[arg(long, requires = "backup")]
+    listen: Option<SocketAddr>,
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
@@ -67,6 +73,22 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
     let config = args.guest.guest_config()?;
     let image = GuestImage::from_file(&args.guest.guest)?;
+    let incarnation = arbiter::new_incarnation();
+    if let (Some(listen), Some((backup, replication))) = (args.listen, &replicated) {
+        let mut arbitration = Arbitration::new(
+            replication.arbiter,
+            &replication.node,
+            incarnation,
+            replication.silence(),
+        )?;
+        let record = arbitration
+            .record()
+            .with_context(|| format!("ask the arbiter {} who serves", replication.arbiter))?;
+        if let StartClaim::Refuse(reason) = start_claim(&record, args.takeover) {
+            tracing::info!(%reason, %listen, "another node serves: joining it as a backup");
+            return Err(join_as_backup(&args.guest, replication, listen, *backup));
+        }
+    }
     // Not serving until the backup and the arbiter agree (FT), at once otherwise.
     let first_role = if replicated.is_some() {
         xdpnet::Role::Backup
@@ -126,7 +148,6 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     // The backup first: a primary started by mistake (the pair already
     // runs, the backup is another image, or has our name) stops here,
     // before it has touched the arbiter.
-    let incarnation = arbiter::new_incarnation();
     let hello = Hello::new(
         image.hash(),
         config_hash(&config),
@@ -214,6 +235,33 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         Recorder::new(machine, node.take_inputs(), GuestClock::starting_at(0)).with_pause(pause);
     let log = NodeLog::new(file, protection, status.clone(), node.stop.clone());
     finish_serving(recorder, log, gate, releaser, node, &status)
+}
+
+/// Becomes `backup-agent` (installed beside this binary) with the same
+/// guest and replication settings, listening on `listen`; once live, it
+/// lets a new backup at `backup` join. Returns only if that fails. Runs
+/// before the node starts anything (signal mask, NIC), so the new program
+/// starts clean, as the same process (a service manager keeps tracking it).
+fn join_as_backup(
+    guest: &GuestArgs,
+    replication: &ReplicationArgs,
+    listen: SocketAddr,
+    backup: SocketAddr,
+) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let program = match std::env::current_exe() {
+        Ok(exe) => exe.with_file_name("backup-agent"),
+        Err(e) => return anyhow::Error::new(e).context("find this program's folder"),
+    };
+    let error = std::process::Command::new(&program)
+        .args(guest.to_args())
+        .args(replication.to_args())
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--backup")
+        .arg(backup.to_string())
+        .exec();
+    anyhow::Error::new(error).context(format!("run {} to join as a backup", program.display()))
 }
 
 /// Connects to the backup and exchanges hellos, retrying while it is not

@@ -423,6 +423,28 @@ impl Cluster {
         })
     }
 
+    /// Starts `agent run` on `host` as a service manager would restart it
+    /// (`--listen` given): while the other host serves, it must join it as
+    /// a backup. Waits until it listens.
+    pub fn restart_agent(&mut self, host: Host) -> Result<()> {
+        let listen = host.backup_addr();
+        let backup = host.other().backup_addr();
+        let role = ["--backup", backup.as_str(), "--listen", listen.as_str()];
+        let cmd = self.agent_command(host, "agent", &["run"], &role);
+        self.spawn_node(host, cmd, "agent run")?;
+        self.wait_node(
+            host,
+            "the restarted agent to listen as a backup",
+            START_LIMIT,
+            |cluster| {
+                let out = cluster.host(host).exec(&["ss", "-Hltn"])?;
+                Ok(String::from_utf8_lossy(&out.stdout)
+                    .contains(&listen)
+                    .then_some(()))
+            },
+        )
+    }
+
     /// [`Cluster::start_primary`] under node name `name`.
     pub fn start_primary_named(&mut self, host: Host, name: &str) -> Result<()> {
         self.set_node_name(host, name);

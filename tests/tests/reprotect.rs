@@ -90,9 +90,15 @@ fn failovers_alternate_between_the_hosts_and_each_new_backup_joins_by_state_tran
         );
         let pushed = llen(&cluster, "history");
 
-        // The failed host comes back as a backup and joins the live node.
+        // The failed host comes back as a backup and joins the live node:
+        // every other time as `agent run`, restarted as a service manager
+        // would, which must join rather than claim.
         let join = Instant::now();
-        cluster.start_backup(primary).unwrap();
+        if failover % 2 == 0 {
+            cluster.restart_agent(primary).unwrap();
+        } else {
+            cluster.start_backup(primary).unwrap();
+        }
         let joined = cluster.wait_joined(live, JOIN_LIMIT).unwrap();
         eprintln!(
             "failover {failover}: host-{} joined in {:?}: {} rounds, {} bytes, paused {} ms, state {}",

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Fault {
     KillPrimary,
+    KillAgainAfterReprotect,
     PausePrimary,
     CutLogLink,
     CutLogLinkOneWay,
@@ -46,8 +47,9 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 13] = [
         Fault::KillPrimary,
+        Fault::KillAgainAfterReprotect,
         Fault::PausePrimary,
         Fault::CutLogLink,
         Fault::CutLogLinkOneWay,
@@ -64,6 +66,7 @@ impl Fault {
     pub fn name(self) -> &'static str {
         match self {
             Fault::KillPrimary => "kill -9 primary",
+            Fault::KillAgainAfterReprotect => "kill -9 primary, rejoin, kill -9 again",
             Fault::PausePrimary => "SIGSTOP primary",
             Fault::CutLogLink => "log link cut",
             Fault::CutLogLinkOneWay => "log link cut one way",
@@ -196,6 +199,16 @@ fn inject(cluster: &mut Cluster, fault: Fault, rng: &mut ChaCha8Rng) -> Result<S
         Fault::KillBackup => {
             cluster.kill(Host::B)?;
             "host-b killed".into()
+        }
+        Fault::KillAgainAfterReprotect => {
+            let after_join = Duration::from_millis(rng.random_range(0..1000));
+            cluster.kill(Host::A)?;
+            cluster.wait_serving(Host::B, Duration::from_secs(30))?;
+            cluster.start_backup(Host::A)?;
+            cluster.wait_joined(Host::B, Duration::from_secs(60))?;
+            std::thread::sleep(after_join);
+            cluster.kill(Host::B)?;
+            format!("host-a killed, rejoined host-b by state transfer, host-b killed {after_join:?} later")
         }
         Fault::PausePrimary | Fault::PauseBackup => {
             let host = if fault == Fault::PausePrimary {

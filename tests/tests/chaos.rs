@@ -5,8 +5,8 @@
 use ft_tests::chaos::{campaign, describe, table};
 use ft_tests::require_root_and_kvm;
 
-/// Enough runs to take the first eight fault kinds once.
-const RUNS: usize = 8;
+/// Enough runs to take the first nine fault kinds once.
+const RUNS: usize = 9;
 
 #[test]
 fn a_short_chaos_campaign_breaks_no_promise() {

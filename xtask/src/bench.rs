@@ -4,7 +4,9 @@
 //! without recording the log), through XDP/AF_XDP, and through an FT pair
 //! (primary + backup + arbiter); single-client latency with and without FT;
 //! and failover time over repeated `kill -9` of the primary, measured by the
-//! one-connection checker as its longest wait for an answer.
+//! one-connection checker as its longest wait for an answer; and
+//! re-protection: a new backup joining the primary by state transfer
+//! while redis-benchmark loads it.
 
 use crate::util::prepare;
 use anyhow::{bail, ensure, Context, Result};
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 
 const CLIENTS: &str = "50";
 const FAILOVER_KILLS: usize = 10;
+const JOINS: usize = 5;
 
 /// Requests per redis-benchmark test, by pipeline depth.
 fn requests(pipeline: u32) -> u32 {
@@ -65,6 +68,7 @@ pub fn bench() -> Result<()> {
     let xdp = measure(Setup::Xdp)?;
     let ft = measure(Setup::Ft)?;
     let failovers = measure_failovers()?;
+    let joins = measure_joins()?;
 
     println!();
     println!("| metric | TAP | TAP + recording | AF_XDP | FT (AF_XDP) | recording / TAP | AF_XDP / TAP | FT / AF_XDP |");
@@ -118,7 +122,98 @@ pub fn bench() -> Result<()> {
         sorted[sorted.len() / 2],
         sorted[sorted.len() - 1]
     );
+    for (name, values) in [
+        (
+            "primary's pause (ms)",
+            joins.iter().map(|j| j.pause_ms).collect::<Vec<_>>(),
+        ),
+        (
+            "total transfer, first page to the backup's ack (ms)",
+            joins.iter().map(|j| j.total_ms).collect(),
+        ),
+        (
+            "page data sent (MB)",
+            joins.iter().map(|j| j.bytes as f64 / 1e6).collect(),
+        ),
+        (
+            "pre-copy rounds, the final one included",
+            joins.iter().map(|j| f64::from(j.rounds)).collect(),
+        ),
+    ] {
+        let (min, median, max) = spread(values);
+        println!(
+            "| re-protection under load ({} joins, 128 MiB guest, {:.0} MB of keys): {name} | min {min:.1} | median {median:.1} | max {max:.1} | | | | |",
+            joins.len(),
+            JOIN_KEYS as f64 * JOIN_VALUE_BYTES as f64 / 1e6,
+        );
+    }
     Ok(())
+}
+
+fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (
+        values[0],
+        values[values.len() / 2],
+        values[values.len() - 1],
+    )
+}
+
+/// Keys (and their size) the guest holds while backups join it.
+const JOIN_KEYS: u32 = 100_000;
+const JOIN_VALUE_BYTES: u32 = 256;
+
+/// One backup's join, as the primary reports it.
+struct Join {
+    pause_ms: f64,
+    total_ms: f64,
+    bytes: u64,
+    rounds: u32,
+}
+
+/// Fills the guest with keys, then, under a running redis-benchmark,
+/// kills the backup and starts a new one on the same host [`JOINS`]
+/// times; each joins the primary by state transfer.
+fn measure_joins() -> Result<Vec<Join>> {
+    let mut cluster = Cluster::new("bj")?.without_release_records();
+    cluster.start_arbiter()?;
+    cluster.start_backup(Host::B)?;
+    cluster.start_primary(Host::A)?;
+    let (keys, size) = (JOIN_KEYS.to_string(), JOIN_VALUE_BYTES.to_string());
+    let fill = cluster.spawn_benchmark(&[
+        "-t", "set", "-n", &keys, "-r", &keys, "-d", &size, "-P", "16", "-c", "10", "-q",
+    ])?;
+    let out = fill.wait_with_output(Duration::from_secs(600))?;
+    ensure!(out.status.success(), "filling the guest failed");
+    let load = cluster.spawn_benchmark(&[
+        "-t",
+        "set,get",
+        "-n",
+        "100000000",
+        "-r",
+        &keys,
+        "-d",
+        &size,
+        "-c",
+        "10",
+        "-q",
+    ])?;
+    let mut joins = Vec::with_capacity(JOINS);
+    for _ in 0..JOINS {
+        cluster.kill(Host::B)?;
+        cluster.start_backup(Host::B)?;
+        let status = cluster.wait_joined(Host::A, Duration::from_secs(120))?;
+        let number = |key: &str| status.transfer(key).parse::<f64>().unwrap_or(0.0);
+        joins.push(Join {
+            pause_ms: number("pause_ms"),
+            total_ms: number("total_ms"),
+            bytes: number("bytes") as u64,
+            rounds: number("rounds") as u32,
+        });
+    }
+    load.signal(libc::SIGKILL)?;
+    cluster.stop(Host::A)?;
+    Ok(joins)
 }
 
 #[derive(Clone, Copy, Debug)]

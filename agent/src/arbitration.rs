@@ -114,6 +114,8 @@ impl Arbitration {
     ) -> Result<ClaimOutcome> {
         let what = |addr| format!("claim generation {} at the arbiter {addr}", expected + 1);
         loop {
+            // Asking the arbiter is the node's work while it claims.
+            service::beat();
             let in_time = deadline.is_none_or(|deadline| Instant::now() < deadline);
             match self.call(async |client, who| client.claim(who, expected).await) {
                 Ok(outcome) => {

@@ -24,7 +24,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    agent::node::init_logging();
+    service::init_logging();
     let result = match Cli::parse().command {
         Command::Run(args) => run::run(*args),
         Command::Replay(args) => replay::replay(args),

@@ -92,6 +92,7 @@ impl Replication {
                     "the backup is behind ({what} over the bound): holding the vCPU"
                 );
             }
+            service::beat();
             let oldest = backlog.entries.front().map_or(0, |&(seq, _)| seq);
             self.link.wait_acked(oldest, Duration::from_millis(20));
         }

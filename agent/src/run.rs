@@ -102,6 +102,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .map_or("primary", |r| r.node.as_str());
     let status = Status::new(name, args.guest.status.clone());
     status.set_role(Role::Starting);
+    Status::tell_service_manager(&status);
     let machine = Machine::new(&image, &config).context("create the VM")?;
     let file = args
         .record
@@ -131,7 +132,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         status.set_role(Role::Alone);
         node.start_receiving();
         tracing::info!(guest = %args.guest.guest.display(), nic = args.guest.nic_name(), ip = %args.guest.ip, "guest running");
-        let recorder = Recorder::new(machine, node.take_inputs(), GuestClock::starting_at(0));
+        let recorder = Recorder::new(machine, node.take_inputs(), GuestClock::starting_at(0))
+            .with_progress(&service::WORK);
         let mut log = NodeLog::new(file, Arc::default(), status.clone(), node.stop.clone());
         let result = recorder.run(&mut log, &mut out);
         let log_bytes = log.finish()?;
@@ -231,8 +233,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
     node.start_receiving();
     tracing::info!(generation, %backup, "guest running as the FT primary");
-    let recorder =
-        Recorder::new(machine, node.take_inputs(), GuestClock::starting_at(0)).with_pause(pause);
+    let recorder = Recorder::new(machine, node.take_inputs(), GuestClock::starting_at(0))
+        .with_pause(pause)
+        .with_progress(&service::WORK);
     let log = NodeLog::new(file, protection, status.clone(), node.stop.clone());
     finish_serving(recorder, log, gate, releaser, node, &status)
 }

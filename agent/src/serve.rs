@@ -124,6 +124,7 @@ impl OutputGate {
             && !queue.discarding
             && !self.stop.load(Ordering::Relaxed)
         {
+            service::beat();
             queue = wake
                 .wait_timeout(queue, Duration::from_millis(20))
                 .unwrap_or_else(PoisonError::into_inner)

@@ -114,6 +114,41 @@ impl Status {
         lock(&self.unprotected_since).map(|since| since.elapsed())
     }
 
+    /// What the service manager is told (see [`service`]): ready once the
+    /// node serves or replicates, and one line of what it does.
+    pub fn service_report(&self) -> service::Report {
+        let role = self.role();
+        let get = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let protection = match role {
+            Role::Primary => "protected, ",
+            Role::Alone => "unprotected, ",
+            _ => "",
+        };
+        let mut status = format!(
+            "{} generation {}, {protection}lag {} entries / {} ms, {} outputs held",
+            role.name(),
+            get(&self.generation),
+            get(&self.lag_entries),
+            get(&self.lag_ms),
+            get(&self.held_outputs),
+        );
+        let alarm = self.alarm();
+        if !alarm.is_empty() {
+            status.push_str(", alarm: ");
+            status.push_str(&alarm);
+        }
+        service::Report {
+            ready: matches!(role, Role::Primary | Role::Alone | Role::Backup),
+            status,
+        }
+    }
+
+    /// Tells the service manager, if there is one, how this node does.
+    pub fn tell_service_manager(status: &Arc<Status>) {
+        let status = status.clone();
+        service::spawn(move || status.service_report());
+    }
+
     /// Updates the state transfer's view.
     pub fn transfer(&self, update: impl FnOnce(&mut Transfer)) {
         update(&mut lock(&self.transfer));

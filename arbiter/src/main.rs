@@ -92,7 +92,7 @@ fn millis(duration: Duration) -> u64 {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    service::init_logging();
     let result = match cli.command {
         Some(Command::Query(client)) => query(client).await,
         Some(Command::Claim {
@@ -107,16 +107,6 @@ async fn main() -> ExitCode {
         error!("{e:#}");
         ExitCode::FAILURE
     })
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 async fn run_server(cli: Cli) -> Result<()> {
@@ -144,6 +134,18 @@ async fn run_server(cli: Cli) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     info!("listening on {}", listener.local_addr()?);
+    let watched = server.clone();
+    service::spawn(move || {
+        let state = watched.state();
+        service::Report {
+            ready: true,
+            status: format!(
+                "generation {} owner {}",
+                state.generation,
+                state.owner.as_deref().unwrap_or("-")
+            ),
+        }
+    });
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let shutdown = async move {
         tokio::select! {

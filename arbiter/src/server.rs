@@ -74,6 +74,8 @@ struct Shared {
     fatal: Notify,
 }
 
+/// Cloned handles share one ledger (a status thread reads its state).
+#[derive(Clone)]
 pub struct Server {
     shared: Arc<Shared>,
 }
@@ -123,9 +125,13 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(());
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
+        // The accept loop is the arbiter's work: its turns feed the
+        // service manager's watchdog.
+        let mut beat = tokio::time::interval(Duration::from_millis(100));
         let result = loop {
             tokio::select! {
                 () = &mut shutdown => break Ok(()),
+                _ = beat.tick() => service::beat(),
                 () = self.shared.fatal.notified() => break Err(ServeError::StoreFailed),
                 Some(joined) = connections.join_next() => {
                     if let Err(e) = joined {

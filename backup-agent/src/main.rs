@@ -67,7 +67,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    agent::node::init_logging();
+    service::init_logging();
     match run(Args::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -84,7 +84,8 @@ fn run(args: Args) -> Result<ExitCode> {
     // Service frames are dropped and the fence is up until we go live.
     let node = Node::start(&args.guest, &config, xdpnet::Role::Backup)?;
     let status = Status::new(&args.replication.node, args.guest.status.clone());
-    status.set_role(Role::Backup);
+    status.set_role(Role::Starting);
+    Status::tell_service_manager(&status);
     let machine = Machine::new(&image, &config).context("create the VM")?;
     let incarnation = arbiter::new_incarnation();
     let hello = Hello::new(
@@ -100,6 +101,7 @@ fn run(args: Args) -> Result<ExitCode> {
         verify_with(args.replication.arbiter),
     )
     .with_context(|| format!("listen for the primary on {}", args.listen))?;
+    status.set_role(Role::Backup);
     let audit = Arc::new(
         Audit::open(args.replication.release_record.as_deref())
             .context("open the release record")?,
@@ -401,7 +403,9 @@ impl GoLive {
             "live: serving as the primary"
         );
         node.start_receiving();
-        let recorder = Recorder::resume(handover, node.take_inputs()).with_pause(pause);
+        let recorder = Recorder::resume(handover, node.take_inputs())
+            .with_pause(pause)
+            .with_progress(&service::WORK);
         let log = NodeLog::new(None, protection, status.clone(), node.stop.clone());
         finish_serving(recorder, log, gate, releaser, node, &status)
     }
@@ -412,6 +416,7 @@ impl GoLive {
 fn wait_for_claimable(arbitration: &mut Arbitration, node: &Node) -> Option<u64> {
     loop {
         std::thread::sleep(HOLD_RETRY);
+        service::beat();
         if node.stop.load(Ordering::Relaxed) {
             return None;
         }

@@ -143,6 +143,7 @@ impl ChannelSource {
     /// `false` if the session is lost or the node stops first.
     fn wait_until(&mut self, ready: impl Fn(&ChannelSource) -> bool) -> bool {
         while !ready(self) {
+            service::beat();
             if self.lost || self.stop.load(Ordering::Relaxed) {
                 return false;
             }
@@ -185,6 +186,7 @@ impl ChannelSource {
 impl EntrySource for ChannelSource {
     fn next_entry(&mut self) -> Result<Option<Entry>, LogError> {
         loop {
+            service::beat();
             // Take whatever already arrived, so the lag is visible.
             while !self.lost && self.received.len() < MAX_RECEIVED {
                 match self.listener.next(Duration::ZERO) {

@@ -228,6 +228,9 @@ pub struct Cluster {
     /// Whether agents write release records (a syscall per ack: the bench
     /// measures without them).
     record_releases: bool,
+    /// Daemons started from now on get a notify socket and this watchdog
+    /// timeout, as systemd gives them.
+    service_manager: Option<Duration>,
 }
 
 impl Cluster {
@@ -283,7 +286,28 @@ impl Cluster {
             sw,
             node_names: [Host::A.node().to_string(), Host::B.node().to_string()],
             record_releases: true,
+            service_manager: None,
         })
+    }
+
+    /// Daemons started from now on talk to a service manager: each gets
+    /// `NOTIFY_SOCKET` ([`Cluster::notify_socket`]) and `WATCHDOG_USEC`.
+    pub fn with_service_manager(mut self, watchdog: Duration) -> Cluster {
+        self.service_manager = Some(watchdog);
+        self
+    }
+
+    /// Where the daemon `who` (`a`, `b` or `arbiter`) sends its
+    /// notifications, under [`Cluster::with_service_manager`].
+    pub fn notify_socket(&self, who: &str) -> PathBuf {
+        self.scratch.path().join(format!("notify-{who}.sock"))
+    }
+
+    fn talk_to_service_manager(&self, cmd: &mut Command, who: &str) {
+        if let Some(watchdog) = self.service_manager {
+            cmd.env("NOTIFY_SOCKET", self.notify_socket(who))
+                .env("WATCHDOG_USEC", watchdog.as_micros().to_string());
+        }
     }
 
     /// Agents started from now on write no release records.
@@ -325,6 +349,7 @@ impl Cluster {
             .arg("--init")
             .stdout(Stdio::null())
             .stderr(file);
+        self.talk_to_service_manager(&mut cmd, "arbiter");
         self.arbiter_command = Some(command_line(&cmd));
         self.arbiter = Some(Process::spawn(cmd, "arbiter")?);
         wait_for("the arbiter to answer", Duration::from_secs(10), || {
@@ -465,6 +490,7 @@ impl Cluster {
         if self.record_releases {
             cmd.arg("--release-record").arg(self.record_path(host));
         }
+        self.talk_to_service_manager(&mut cmd, host.node());
         cmd.args(role)
             // Plain log lines in the files, for tests to search.
             .env("NO_COLOR", "1")
@@ -604,6 +630,10 @@ impl Cluster {
     /// The pid of the agent running on `host`, if one runs.
     pub fn pid(&self, host: Host) -> Option<u32> {
         self.nodes[host.index()].as_ref().map(Process::pid)
+    }
+
+    pub fn arbiter_pid(&self) -> Option<u32> {
+        self.arbiter.as_ref().map(Process::pid)
     }
 
     pub fn is_running(&mut self, host: Host) -> bool {

@@ -17,7 +17,7 @@ use crate::machine::{GuestExit, Machine, MachineError};
 use crate::snapshot::ResumePoint;
 use ftlog::{Entry, Payload, Position};
 use guest_abi as abi;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -31,6 +31,9 @@ pub const CRASH_EXIT_CODE: u32 = u32::MAX;
 /// The clock is delivered at most once per this many ns while the guest
 /// is busy, which bounds clock entries to 1000/s.
 pub const CLOCK_GRANULARITY_NS: u64 = 1_000_000;
+
+/// How often a waiting recorder counts a turn of progress.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// What the outside world sends the recording vCPU.
 #[derive(Debug)]
@@ -161,6 +164,7 @@ pub struct Recorder {
     pending: Option<PendingExit>,
     inputs: Receiver<Input>,
     pause: Arc<Pause>,
+    progress: Option<&'static AtomicU64>,
     clock: GuestClock,
     delivered_clock_ns: u64,
     next_seq: u64,
@@ -178,6 +182,7 @@ impl Recorder {
             pending: None,
             inputs,
             pause: Arc::default(),
+            progress: None,
             delivered_clock_ns: clock.now_ns(),
             clock,
             next_seq: 0,
@@ -234,6 +239,7 @@ impl Recorder {
             }),
             inputs,
             pause: Arc::default(),
+            progress: None,
             delivered_clock_ns: handover.clock_ns,
             clock,
             next_seq: handover.next_seq,
@@ -251,6 +257,20 @@ impl Recorder {
         self
     }
 
+    /// The recorder counts its turns in `progress`, and every
+    /// [`PROGRESS_EVERY`] while it waits for input: whoever watches the
+    /// counter (a service manager's watchdog) knows the vCPU loop lives.
+    pub fn with_progress(mut self, progress: &'static AtomicU64) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    fn progressed(&self) {
+        if let Some(progress) = self.progress {
+            progress.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Runs the guest to its next exit and handles it; returns the summary
     /// once the run has ended.
     fn step(
@@ -258,6 +278,7 @@ impl Recorder {
         log: &mut dyn LogSink,
         out: &mut dyn OutputSink,
     ) -> Result<Option<RunSummary>, RecordError> {
+        self.progressed();
         if self.pending.is_none() {
             if let Some(work) = self.pause.take() {
                 work(
@@ -418,14 +439,16 @@ impl Recorder {
     /// Blocks until an input arrives or `deadline` passes, then takes
     /// whatever else is pending.
     fn wait_for_input(&mut self, deadline: Option<Instant>, frames: &mut Vec<Vec<u8>>) {
-        let first = match deadline {
-            Some(at) => self
-                .inputs
-                .recv_timeout(at.saturating_duration_since(Instant::now())),
-            None => self
-                .inputs
-                .recv()
-                .map_err(|_| RecvTimeoutError::Disconnected),
+        let first = loop {
+            let left = deadline.map_or(PROGRESS_EVERY, |at| {
+                at.saturating_duration_since(Instant::now())
+            });
+            match self.inputs.recv_timeout(left.min(PROGRESS_EVERY)) {
+                Err(RecvTimeoutError::Timeout) if deadline.is_none_or(|at| Instant::now() < at) => {
+                    self.progressed()
+                }
+                first => break first,
+            }
         };
         match first {
             Ok(input) => {

@@ -10,6 +10,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "iputils-ping",
     "ethtool",
     "nftables",
+    // systemd-analyze, which verifies the unit files.
+    "systemd",
 ];
 
 pub fn test() -> Result<()> {

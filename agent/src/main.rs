@@ -25,7 +25,11 @@ enum Command {
 
 fn main() -> ExitCode {
     service::init_logging();
-    let result = match Cli::parse().command {
+    let cli: Cli = service::config::parse(service::config::Daemon {
+        name: "agent",
+        subcommand: Some("run"),
+    });
+    let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Replay(args) => replay::replay(args),
     };

@@ -91,7 +91,10 @@ fn millis(duration: Duration) -> u64 {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = service::config::parse(service::config::Daemon {
+        name: "arbiter",
+        subcommand: None,
+    });
     service::init_logging();
     let result = match cli.command {
         Some(Command::Query(client)) => query(client).await,

@@ -68,7 +68,11 @@ struct Args {
 
 fn main() -> ExitCode {
     service::init_logging();
-    match run(Args::parse()) {
+    let args: Args = service::config::parse(service::config::Daemon {
+        name: "backup-agent",
+        subcommand: None,
+    });
+    match run(args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("backup-agent: error: {e:#}");

@@ -12,9 +12,13 @@
 //!
 //! Without `NOTIFY_SOCKET` in the environment nothing is sent.
 //!
+//! [`config`] reads the daemon's TOML file as its command-line options.
+//!
 //! [`init_logging`] writes the daemon's log to the journal, with its
 //! levels as priorities, when the service manager connected stderr to the
 //! journal, and as plain lines on stderr otherwise.
+
+pub mod config;
 
 use sd_notify::NotifyState;
 use std::sync::atomic::{AtomicU64, Ordering};

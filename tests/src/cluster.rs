@@ -31,6 +31,7 @@ use crate::{
     GUEST_IP, GUEST_MAC,
 };
 use anyhow::{bail, ensure, Context, Result};
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -231,6 +232,8 @@ pub struct Cluster {
     /// Daemons started from now on get a notify socket and this watchdog
     /// timeout, as systemd gives them.
     service_manager: Option<Duration>,
+    /// Daemons started from now on read their options from a file.
+    config_files: bool,
 }
 
 impl Cluster {
@@ -287,6 +290,7 @@ impl Cluster {
             node_names: [Host::A.node().to_string(), Host::B.node().to_string()],
             record_releases: true,
             service_manager: None,
+            config_files: false,
         })
     }
 
@@ -301,6 +305,51 @@ impl Cluster {
     /// notifications, under [`Cluster::with_service_manager`].
     pub fn notify_socket(&self, who: &str) -> PathBuf {
         self.scratch.path().join(format!("notify-{who}.sock"))
+    }
+
+    /// Daemons started from now on get their options from a TOML file
+    /// (`--config FILE` and no other flag), as a service would.
+    pub fn with_config_files(mut self) -> Cluster {
+        self.config_files = true;
+        self
+    }
+
+    /// Gives `cmd` its options: as flags, or as a TOML file the fixture
+    /// writes (`--flag value` → `flag = value`; a switch → `true`; a
+    /// repeated flag → a list).
+    fn give_arguments(&self, cmd: &mut Command, program: &str, args: Vec<OsString>) {
+        if !self.config_files {
+            cmd.args(args);
+            return;
+        }
+        let mut keys: Vec<(String, Vec<String>)> = Vec::new();
+        let mut args = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .peekable();
+        while let Some(flag) = args.next() {
+            let key = flag.trim_start_matches("--").replace('-', "_");
+            let value = match args.next_if(|next| !next.starts_with("--")) {
+                Some(value) if value.parse::<i64>().is_ok() => value,
+                Some(value) => format!("{value:?}"),
+                None => "true".into(),
+            };
+            match keys.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, values)) => values.push(value),
+                None => keys.push((key, vec![value])),
+            }
+        }
+        let text: String = keys
+            .iter()
+            .map(|(key, values)| match &values[..] {
+                [one] => format!("{key} = {one}\n"),
+                many => format!("{key} = [{}]\n", many.join(", ")),
+            })
+            .collect();
+        let n = self.logs.len() + usize::from(program == "arbiter") * 1000;
+        let path = self.scratch.path().join(format!("{program}-{n}.toml"));
+        std::fs::write(&path, text).expect("write the configuration file");
+        cmd.arg("--config").arg(path);
     }
 
     fn talk_to_service_manager(&self, cmd: &mut Command, who: &str) {
@@ -344,11 +393,15 @@ impl Cluster {
             self.logs.push(log);
         }
         let mut cmd = self.arb.command(binary("arbiter"));
-        cmd.args(["--listen", ARBITER_ADDR, "--state"])
-            .arg(self.scratch.path().join("arbiter.state"))
-            .arg("--init")
-            .stdout(Stdio::null())
-            .stderr(file);
+        let args = vec![
+            "--listen".into(),
+            ARBITER_ADDR.into(),
+            "--state".into(),
+            self.scratch.path().join("arbiter.state").into(),
+            "--init".into(),
+        ];
+        self.give_arguments(&mut cmd, "arbiter", args);
+        cmd.stdout(Stdio::null()).stderr(file);
         self.talk_to_service_manager(&mut cmd, "arbiter");
         self.arbiter_command = Some(command_line(&cmd));
         self.arbiter = Some(Process::spawn(cmd, "arbiter")?);
@@ -478,20 +531,28 @@ impl Cluster {
 
     fn agent_command(&self, host: Host, program: &str, lead: &[&str], role: &[&str]) -> Command {
         let mut cmd = self.host(host).command(binary(program));
-        cmd.args(lead)
-            .arg("--guest")
-            .arg(guest_image())
-            .args(["--xdp", "eth0", "--ip", &format!("{GUEST_IP}/24")])
-            .args(["--mac", GUEST_MAC, "--arbiter", ARBITER_ADDR])
-            .args(["--node", &self.node_names[host.index()]])
-            .args(["--silence-ms", SILENCE_MS])
-            .arg("--status")
-            .arg(self.status_path(host));
-        if self.record_releases {
-            cmd.arg("--release-record").arg(self.record_path(host));
+        let mut args: Vec<OsString> = vec!["--guest".into(), guest_image().into()];
+        let ip = format!("{GUEST_IP}/24");
+        let node = &self.node_names[host.index()];
+        for (flag, value) in [
+            ("--xdp", "eth0"),
+            ("--ip", ip.as_str()),
+            ("--mac", GUEST_MAC),
+            ("--arbiter", ARBITER_ADDR),
+            ("--node", node),
+            ("--silence-ms", SILENCE_MS),
+        ] {
+            args.extend([flag.into(), value.into()]);
         }
+        args.extend(["--status".into(), self.status_path(host).into()]);
+        if self.record_releases {
+            args.extend(["--release-record".into(), self.record_path(host).into()]);
+        }
+        args.extend(role.iter().map(OsString::from));
+        cmd.args(lead);
+        self.give_arguments(&mut cmd, program, args);
         self.talk_to_service_manager(&mut cmd, host.node());
-        cmd.args(role)
+        cmd
             // Plain log lines in the files, for tests to search.
             .env("NO_COLOR", "1")
             // The summary line; the log goes to a file (never a pipe that

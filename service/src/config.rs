@@ -66,9 +66,9 @@ pub fn try_parse<T: CommandFactory + FromArgMatches>(
     let command = with_config_option(T::command(), daemon);
     let configured = match daemon.subcommand {
         Some(sub) => argv.get(1).is_some_and(|a| a == sub),
-        None => !argv
+        None => argv
             .get(1)
-            .is_some_and(|a| command.find_subcommand(a).is_some()),
+            .is_none_or(|a| command.find_subcommand(a).is_none()),
     };
     if !configured {
         let matches = command.try_get_matches_from(argv)?;

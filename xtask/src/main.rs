@@ -3,6 +3,7 @@
 mod bench;
 mod chaos;
 mod demo;
+mod dist;
 mod ebpf;
 mod guest;
 mod test;
@@ -31,8 +32,11 @@ enum Task {
     /// Inject random faults into the replicated cluster and check every
     /// promise afterwards; reproducible from its seed.
     Chaos(chaos::ChaosArgs),
-    /// Install what the tests need, lint, build and run every test.
+    /// Install what the tests need, lint, build and run every test, then
+    /// build and check the Debian package.
     Test,
+    /// Build the Debian package into target/dist/ (and check it).
+    Dist,
 }
 
 fn main() -> Result<()> {
@@ -40,6 +44,7 @@ fn main() -> Result<()> {
         Task::BuildGuest => guest::build().map(drop),
         Task::BuildEbpf => ebpf::build().map(drop),
         Task::Test => test::test(),
+        Task::Dist => dist::dist().map(drop),
         Task::Bench => bench::bench(),
         Task::Demo(args) => demo::demo(&args),
         Task::Chaos(args) => chaos::chaos(&args),

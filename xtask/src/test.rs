@@ -26,5 +26,6 @@ pub fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo().args(["test", "--release", "--workspace"]))
+    run(cargo().args(["test", "--release", "--workspace"]))?;
+    crate::dist::dist().map(drop)
 }

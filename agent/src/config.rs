@@ -33,6 +33,9 @@ pub struct GuestArgs {
     /// Write this node's state as JSON to this file every 200 ms.
     #[arg(long)]
     pub status: Option<PathBuf>,
+    /// Serve `/metrics` (Prometheus) and `/status` (JSON) over HTTP here.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
 }
 
 impl GuestArgs {
@@ -58,6 +61,10 @@ impl GuestArgs {
         if let Some(status) = &self.status {
             args.push("--status".into());
             args.push(status.clone().into_os_string());
+        }
+        if let Some(admin) = self.admin {
+            args.push("--admin".into());
+            args.push(admin.to_string().into());
         }
         args
     }
@@ -242,7 +249,7 @@ mod tests {
             "x --guest g --xdp eth0 --ip 198.18.0.2/24 --mac 02:00:00:00:00:02 \
              --arbiter 198.18.0.20:7700 --node a",
             "x --guest /a/g --tap t0 --ip 198.18.0.2/24 --mac 02:00:00:00:00:02 \
-             --gateway 198.18.0.1 --status /run/s.json --arbiter 198.18.0.20:7700 \
+             --gateway 198.18.0.1 --status /run/s.json --admin 127.0.0.1:9100 --arbiter 198.18.0.20:7700 \
              --node b-1 --heartbeat-ms 20 --silence-ms 90 --max-unacked-entries 5 \
              --max-unacked-bytes 6 --max-held-outputs 7 --release-record /r \
              --fault-snapshot flip-byte --fault-snapshot other-image",

@@ -155,6 +155,9 @@ fn renew_until_stopped(shared: &Shared, mut renewal: Renewal) {
                     renewal.status.set_alarm("");
                 }
                 state.valid_until = Some(lease_end(asked_at, lease_ms));
+                renewal
+                    .status
+                    .set_lease_until(state.valid_until.filter(|_| alone));
             }
             Ok(RenewOutcome::Denied { generation, owner }) => {
                 state.ended = Some(ReleaserEnd::Deposed { generation, owner });

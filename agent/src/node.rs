@@ -192,6 +192,7 @@ impl LogSink for NodeLog {
             link.send_entry(&entry, bytes, &self.stop);
         }
         self.bytes += bytes;
+        self.status.log_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.status.entries.store(entry.seq + 1, Ordering::Relaxed);
         self.status
             .exits

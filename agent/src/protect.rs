@@ -141,7 +141,7 @@ impl Joiner {
                     Err(Attempt::Failed(why)) => {
                         tracing::error!(backup = %self.backup, "the backup's join failed, still serving alone: {why}");
                         self.status.transfer(|t| {
-                            t.state = "failed";
+                            t.state = "failed".into();
                             t.error = why;
                         });
                     }
@@ -169,7 +169,7 @@ impl Joiner {
         let started = Instant::now();
         self.status.transfer(|t| {
             *t = crate::status::Transfer {
-                state: "copying",
+                state: "copying".into(),
                 started: Some(started),
                 ..Default::default()
             }
@@ -267,7 +267,7 @@ impl Joiner {
             "final round sent with the vCPU paused; the backup verifies the state"
         );
         self.status.transfer(|t| {
-            t.state = "verifying";
+            t.state = "verifying".into();
             t.rounds = round.number + 1;
             t.bytes += round.bytes;
             t.dirty_pages = round.pages;

@@ -102,7 +102,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .map_or("primary", |r| r.node.as_str());
     let status = Status::new(name, args.guest.status.clone());
     status.set_role(Role::Starting);
-    Status::tell_service_manager(&status);
+    status.set_datapath(node.xdp.clone());
+    Status::tell_service_manager(&status, args.guest.admin)?;
     let machine = Machine::new(&image, &config).context("create the VM")?;
     let file = args
         .record

@@ -342,7 +342,7 @@ impl Releaser {
         if matches!(mode, Mode::Joining(_)) {
             let why = reason.to_string();
             self.control.status.transfer(|t| {
-                t.state = "failed";
+                t.state = "failed".into();
                 t.error = why;
             });
         }
@@ -363,6 +363,7 @@ impl Releaser {
                 self.generation = generation;
                 let status = &self.control.status;
                 status.generation.store(generation, Ordering::Relaxed);
+                status.failovers.fetch_add(1, Ordering::Relaxed);
                 status.set_role(Role::Alone);
                 lease.serve_alone(generation);
                 *mode = Mode::Alone;
@@ -387,7 +388,7 @@ impl Releaser {
             Mode::Joining(link) if link.link().acked_seq().is_some() => {
                 let status = &self.control.status;
                 status.transfer(|t| {
-                    t.state = "joined";
+                    t.state = "joined".into();
                     t.total_ms = t
                         .started
                         .map_or(0.0, |started| started.elapsed().as_secs_f64() * 1e3);

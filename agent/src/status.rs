@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 /// A state transfer to a joining backup, as the primary and the joining
 /// backup each see it.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Transfer {
     /// "" (none yet), "copying", "verifying", "joined" or "failed".
-    pub state: &'static str,
+    pub state: String,
     pub rounds: u32,
     /// Page data sent so far (zero pages cost none).
     pub bytes: u64,
@@ -28,6 +29,36 @@ pub struct Transfer {
     pub error: String,
     #[serde(skip)]
     pub started: Option<Instant>,
+}
+
+/// A node's status as the status file, `/status` and the tests see it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusReport {
+    pub node: String,
+    /// `starting`, `primary`, `primary-alone`, `backup`, `going-live`,
+    /// `holding`, `deposed`, `halted` or `stopped`.
+    pub role: String,
+    pub generation: u64,
+    pub exits: u64,
+    pub entries: u64,
+    pub acked: u64,
+    pub held_outputs: u64,
+    pub released_outputs: u64,
+    pub lag_entries: u64,
+    pub lag_ms: u64,
+    pub divergences: u64,
+    pub log_bytes: u64,
+    pub failovers: u64,
+    /// Serving with a backup.
+    pub protected: bool,
+    /// How long the node has served without one (0 when it has one).
+    pub unprotected_ms: u64,
+    /// How long the node's lease still lets it release alone.
+    pub lease_ms: u64,
+    pub transfer: Transfer,
+    /// Why the node cannot do its job, while it cannot (empty: all well).
+    pub alarm: String,
 }
 
 /// Counters updated by the node's threads; all relaxed: a status view.
@@ -56,6 +87,15 @@ pub struct Status {
     pub lag_ms: AtomicU64,
     /// Divergence alarms (backup).
     pub divergences: AtomicU64,
+    /// Bytes of framed log entries written (primary) or received (backup).
+    pub log_bytes: AtomicU64,
+    /// Times this node began to serve after its peer was lost (its backup,
+    /// or, for a backup, its primary).
+    pub failovers: AtomicU64,
+    /// Until when the node's lease lets it release alone, if it has one.
+    lease_until: Mutex<Option<Instant>>,
+    /// The XDP datapath, whose counters the metrics show.
+    datapath: Mutex<Option<xdpnet::PortControl>>,
     /// Why the node cannot do its job, while it cannot (empty: all well).
     alarm: Mutex<String>,
     /// Since when the node serves without a backup.
@@ -143,10 +183,19 @@ impl Status {
         }
     }
 
-    /// Tells the service manager, if there is one, how this node does.
-    pub fn tell_service_manager(status: &Arc<Status>) {
-        let status = status.clone();
-        service::spawn(move || status.service_report());
+    /// Tells the service manager, if there is one, how this node does,
+    /// and serves the admin address, if there is one.
+    pub fn tell_service_manager(
+        status: &Arc<Status>,
+        admin: Option<std::net::SocketAddr>,
+    ) -> anyhow::Result<()> {
+        let watched = status.clone();
+        service::spawn(move || watched.service_report());
+        if let Some(addr) = admin {
+            service::admin::serve(addr, status.clone())
+                .map_err(|e| anyhow::anyhow!("serve the admin address {addr}: {e}"))?;
+        }
+        Ok(())
     }
 
     /// Updates the state transfer's view.
@@ -168,29 +217,51 @@ impl Status {
         lock(&self.alarm).clone()
     }
 
-    pub fn to_json(&self) -> String {
+    /// Until when the lease lets the node release alone.
+    pub fn set_lease_until(&self, until: Option<Instant>) {
+        *lock(&self.lease_until) = until;
+    }
+
+    /// The datapath whose counters the metrics show.
+    pub fn set_datapath(&self, datapath: Option<xdpnet::PortControl>) {
+        *lock(&self.datapath) = datapath;
+    }
+
+    pub fn datapath_counters(&self) -> Option<xdpnet::Counters> {
+        lock(&self.datapath)
+            .as_ref()
+            .and_then(|d| d.counters().ok())
+    }
+
+    pub fn report(&self) -> StatusReport {
         let get = |v: &AtomicU64| v.load(Ordering::Relaxed);
-        format!(
-            "{{\"node\":{:?},\"role\":\"{}\",\"generation\":{},\"exits\":{},\"entries\":{},\"acked\":{},\
-             \"held_outputs\":{},\"released_outputs\":{},\"lag_entries\":{},\"lag_ms\":{},\"divergences\":{},\
-             \"protected\":{},\"unprotected_ms\":{},\"transfer\":{},\"alarm\":{}}}",
-            self.node,
-            self.role().name(),
-            get(&self.generation),
-            get(&self.exits),
-            get(&self.entries),
-            get(&self.acked),
-            get(&self.held_outputs),
-            get(&self.released_outputs),
-            get(&self.lag_entries),
-            get(&self.lag_ms),
-            get(&self.divergences),
-            self.role() == Role::Primary,
-            self.unprotected_for().map_or(0, |d| d.as_millis() as u64),
-            serde_json::to_string(&*lock(&self.transfer)).unwrap_or_default(),
-            // Peer-supplied text may be in it: escaped as JSON, not as Rust.
-            serde_json::Value::String(self.alarm()),
-        )
+        let lease_ms = lock(&self.lease_until).map_or(0, |until| {
+            until.saturating_duration_since(Instant::now()).as_millis()
+        });
+        StatusReport {
+            node: self.node.clone(),
+            role: self.role().name().to_string(),
+            generation: get(&self.generation),
+            exits: get(&self.exits),
+            entries: get(&self.entries),
+            acked: get(&self.acked),
+            held_outputs: get(&self.held_outputs),
+            released_outputs: get(&self.released_outputs),
+            lag_entries: get(&self.lag_entries),
+            lag_ms: get(&self.lag_ms),
+            divergences: get(&self.divergences),
+            log_bytes: get(&self.log_bytes),
+            failovers: get(&self.failovers),
+            protected: self.role() == Role::Primary,
+            unprotected_ms: self.unprotected_for().map_or(0, |d| d.as_millis() as u64),
+            lease_ms: u64::try_from(lease_ms).unwrap_or(u64::MAX),
+            transfer: lock(&self.transfer).clone(),
+            alarm: self.alarm(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.report()).expect("the status serialises")
     }
 
     fn write(&self) {
@@ -201,6 +272,173 @@ impl Status {
             std::fs::write(&tmp, self.to_json() + "\n").and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = result {
             tracing::warn!(path = %path.display(), "cannot write the status file: {e}");
+        }
+    }
+}
+
+impl service::admin::Observed for Status {
+    fn status_json(&self) -> String {
+        self.to_json()
+    }
+
+    fn metrics(&self, registry: &mut service::admin::Registry) {
+        use service::admin::{counter, gauge, label};
+        let r = self.report();
+        let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        label(registry, "role", "The node's role.", "role", &r.role);
+        gauge(
+            registry,
+            "generation",
+            "The arbiter's generation this node serves or replicates.",
+            signed(r.generation),
+        );
+        gauge(
+            registry,
+            "protected",
+            "1 while a backup holds the state.",
+            i64::from(r.protected),
+        );
+        gauge(
+            registry,
+            "unprotected_seconds",
+            "How long the node has served without a backup.",
+            signed(r.unprotected_ms / 1000),
+        );
+        counter(
+            registry,
+            "guest_exits",
+            "Guest exits (the log's positions).",
+            r.exits,
+        );
+        counter(
+            registry,
+            "log_entries",
+            "Log entries written (primary) or applied (backup).",
+            r.entries,
+        );
+        counter(
+            registry,
+            "log_bytes",
+            "Framed log bytes written or received.",
+            r.log_bytes,
+        );
+        gauge(
+            registry,
+            "acked_seq",
+            "Highest log entry the backup acknowledged.",
+            signed(r.acked),
+        );
+        gauge(
+            registry,
+            "lag_entries",
+            "Entries received but not yet applied (backup).",
+            signed(r.lag_entries),
+        );
+        gauge(
+            registry,
+            "lag_milliseconds",
+            "Age of the oldest entry not yet applied (backup).",
+            signed(r.lag_ms),
+        );
+        gauge(
+            registry,
+            "held_outputs",
+            "Output frames waiting to be released.",
+            signed(r.held_outputs),
+        );
+        counter(
+            registry,
+            "released_outputs",
+            "Output frames released to the network.",
+            r.released_outputs,
+        );
+        counter(
+            registry,
+            "failovers",
+            "Times this node began to serve after losing its peer.",
+            r.failovers,
+        );
+        counter(
+            registry,
+            "divergence_alarms",
+            "Divergences the backup found.",
+            r.divergences,
+        );
+        gauge(
+            registry,
+            "lease_milliseconds",
+            "How long the lease still lets the node release alone.",
+            signed(r.lease_ms),
+        );
+        gauge(
+            registry,
+            "transfer_rounds",
+            "Pre-copy rounds of the latest state transfer.",
+            i64::from(r.transfer.rounds),
+        );
+        counter(
+            registry,
+            "transfer_bytes",
+            "Page data of the latest state transfer.",
+            r.transfer.bytes,
+        );
+        if let Some(c) = self.datapath_counters() {
+            for (name, help, value) in [
+                (
+                    "xdp_redirected",
+                    "Service frames steered to AF_XDP.",
+                    c.redirected,
+                ),
+                (
+                    "xdp_dropped_not_primary",
+                    "Service frames dropped: not primary.",
+                    c.dropped_not_primary,
+                ),
+                ("xdp_passed", "Other frames passed to the host.", c.passed),
+                (
+                    "xdp_fenced",
+                    "Service frames dropped at egress by the fence.",
+                    c.fenced,
+                ),
+                ("xdp_runt", "Runt frames dropped.", c.runt),
+                (
+                    "xdp_oversize",
+                    "Oversize service frames dropped.",
+                    c.oversize,
+                ),
+                (
+                    "xdp_no_socket",
+                    "Service frames on a queue without a socket.",
+                    c.no_socket,
+                ),
+                (
+                    "xsk_tx_fenced",
+                    "Service frames refused by AF_XDP while not primary.",
+                    c.tx_fenced,
+                ),
+                (
+                    "xsk_rx_dropped",
+                    "Frames the AF_XDP socket dropped.",
+                    c.xsk_rx_dropped,
+                ),
+                (
+                    "xsk_rx_ring_full",
+                    "Frames lost to a full AF_XDP rx ring.",
+                    c.xsk_rx_ring_full,
+                ),
+                (
+                    "xsk_fill_ring_empty",
+                    "Times the AF_XDP fill ring was empty.",
+                    c.xsk_fill_ring_empty,
+                ),
+                (
+                    "xsk_tx_invalid",
+                    "Invalid AF_XDP tx descriptors.",
+                    c.xsk_tx_invalid,
+                ),
+            ] {
+                counter(registry, name, help, value);
+            }
         }
     }
 }

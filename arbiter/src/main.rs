@@ -48,6 +48,43 @@ struct Cli {
     /// claims against the recorded owner wait this long.
     #[arg(long, default_value_t = millis(ServerConfig::new("").max_lease))]
     max_lease_ms: u64,
+    /// Serve `/metrics` (Prometheus) and `/status` (JSON) over HTTP here.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+}
+
+/// The arbiter's record, as its admin address shows it.
+struct Record(Server);
+
+impl service::admin::Observed for Record {
+    fn status_json(&self) -> String {
+        let state = self.0.state();
+        serde_json::json!({
+            "generation": state.generation,
+            "owner": state.owner,
+            "incarnation": format!("{:016x}", state.incarnation),
+        })
+        .to_string()
+    }
+
+    fn metrics(&self, registry: &mut service::admin::Registry) {
+        let state = self.0.state();
+        let generation = i64::try_from(state.generation).unwrap_or(i64::MAX);
+        service::admin::gauge(
+            registry,
+            "arbiter_generation",
+            "The current generation.",
+            generation,
+        );
+        let owner = state.owner.as_deref().unwrap_or("");
+        service::admin::label(
+            registry,
+            "arbiter_owner",
+            "The generation's owner (empty: released).",
+            "owner",
+            owner,
+        );
+    }
 }
 
 #[derive(Subcommand)]
@@ -137,6 +174,10 @@ async fn run_server(cli: Cli) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     info!("listening on {}", listener.local_addr()?);
+    if let Some(admin) = cli.admin {
+        service::admin::serve(admin, std::sync::Arc::new(Record(server.clone())))
+            .with_context(|| format!("serve the admin address {admin}"))?;
+    }
     let watched = server.clone();
     service::spawn(move || {
         let state = watched.state();

@@ -36,7 +36,7 @@ pub fn receive(
 ) -> Result<ResumePoint, JoinError> {
     let started = Instant::now();
     let (mut pages, mut bytes) = (0u64, 0u64);
-    status.transfer(|t| t.state = "copying");
+    status.transfer(|t| t.state = "copying".into());
     loop {
         let written = match source.next_snapshot_part().ok_or(JoinError::Lost)? {
             Event::SnapshotPages { first_pfn, data } => {
@@ -61,7 +61,7 @@ pub fn receive(
                     "joined: the primary's state verifies; replaying its log from here"
                 );
                 status.transfer(|t| {
-                    t.state = "joined";
+                    t.state = "joined".into();
                     t.bytes = bytes;
                     t.total_ms = started.elapsed().as_secs_f64() * 1e3;
                     t.state_digest = digest;

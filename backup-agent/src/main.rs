@@ -89,7 +89,8 @@ fn run(args: Args) -> Result<ExitCode> {
     let node = Node::start(&args.guest, &config, xdpnet::Role::Backup)?;
     let status = Status::new(&args.replication.node, args.guest.status.clone());
     status.set_role(Role::Starting);
-    Status::tell_service_manager(&status);
+    status.set_datapath(node.xdp.clone());
+    Status::tell_service_manager(&status, args.guest.admin)?;
     let machine = Machine::new(&image, &config).context("create the VM")?;
     let incarnation = arbiter::new_incarnation();
     let hello = Hello::new(
@@ -129,7 +130,7 @@ fn run(args: Args) -> Result<ExitCode> {
                 Ok(point) => Replayer::resume_from(machine, point),
                 Err(join::JoinError::Refused(reason)) => {
                     status.transfer(|t| {
-                        t.state = "failed";
+                        t.state = "failed".into();
                         t.error = reason.clone();
                     });
                     status.set_alarm(&format!("refused the primary's snapshot: {reason}"));
@@ -350,6 +351,7 @@ impl GoLive {
             }
         };
         status.set_alarm("");
+        status.failovers.fetch_add(1, Ordering::Relaxed);
         let control = RoleControl {
             xdp: node.xdp.clone(),
             status: status.clone(),

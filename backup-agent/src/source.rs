@@ -108,7 +108,13 @@ impl ChannelSource {
                 });
                 self.status.generation.store(generation, Ordering::Relaxed);
             }
-            Event::Entry(entry) => self.received.push_back((entry, Instant::now())),
+            Event::Entry(entry) => {
+                let bytes = ftlog::frame::FRAME_HEADER_LEN + entry.body_len();
+                self.status
+                    .log_bytes
+                    .fetch_add(bytes as u64, Ordering::Relaxed);
+                self.received.push_back((entry, Instant::now()));
+            }
             part @ (Event::SnapshotPages { .. }
             | Event::SnapshotZeros { .. }
             | Event::SnapshotEnd(_)) => self.snapshot.push_back(part),

@@ -12,12 +12,15 @@
 //!
 //! Without `NOTIFY_SOCKET` in the environment nothing is sent.
 //!
+//! [`admin`] serves `/metrics` and `/status` on the daemon's admin address.
+//!
 //! [`config`] reads the daemon's TOML file as its command-line options.
 //!
 //! [`init_logging`] writes the daemon's log to the journal, with its
 //! levels as priorities, when the service manager connected stderr to the
 //! journal, and as plain lines on stderr otherwise.
 
+pub mod admin;
 pub mod config;
 
 use sd_notify::NotifyState;

@@ -30,6 +30,7 @@ use crate::{
     benchmark_command, binary, guest_image, run, wait_for, Netns, Process, ScratchDir, Summary,
     GUEST_IP, GUEST_MAC,
 };
+use agent::status::StatusReport;
 use anyhow::{bail, ensure, Context, Result};
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -47,6 +48,10 @@ const CLIENT_CIDR: &str = "198.18.0.1/24";
 const STRAY_CIDR: &str = "198.18.0.13/24";
 /// The backup's log channel port, on its `repl` address.
 const BACKUP_PORT: u16 = 7800;
+/// Every daemon's admin HTTP port.
+const ADMIN_PORT: u16 = 9100;
+/// The arbiter's admin address.
+pub const ARBITER_ADMIN: &str = "198.18.0.20:9100";
 /// Twice the agents' default: two VMs, the tests and often a compiler
 /// share two cores here, and a scheduling stall must not pass for a dead
 /// peer. Failover time is reported, never asserted.
@@ -115,6 +120,13 @@ impl Host {
         }
     }
 
+    /// The address of the admin HTTP server (`/metrics`, `/status`) of
+    /// the agent on this host.
+    pub fn admin_addr(self) -> String {
+        let ip = self.lan_cidr().split('/').next().unwrap_or_default();
+        format!("{ip}:{ADMIN_PORT}")
+    }
+
     /// The log channel address of a backup on this host.
     pub fn backup_addr(self) -> String {
         format!("{}:{BACKUP_PORT}", self.repl_ip())
@@ -128,33 +140,48 @@ pub struct ArbiterState {
     pub owner: String,
 }
 
-/// A node's `--status` file: one JSON object.
+/// A node's `--status` file (and `/status`): the agent's own
+/// [`StatusReport`], with lookups by field name for the tests.
 #[derive(Debug)]
-pub struct NodeStatus(serde_json::Map<String, serde_json::Value>);
+pub struct NodeStatus {
+    pub report: StatusReport,
+    fields: serde_json::Map<String, serde_json::Value>,
+}
 
 impl NodeStatus {
+    /// Parses the JSON the nodes write: unknown or missing fields are an
+    /// error, so the tests and the nodes share one type.
+    pub fn parse(text: &str) -> Result<NodeStatus> {
+        let report: StatusReport =
+            serde_json::from_str(text).with_context(|| format!("status {text:?}"))?;
+        let serde_json::Value::Object(fields) = serde_json::to_value(&report)? else {
+            bail!("the status is not an object: {text}");
+        };
+        Ok(NodeStatus { report, fields })
+    }
+
     pub fn role(&self) -> &str {
-        self.0
-            .get("role")
-            .and_then(|r| r.as_str())
-            .unwrap_or_else(|| panic!("no role in status {:?}", self.0))
+        &self.report.role
     }
 
     pub fn text(&self, key: &str) -> &str {
-        self.0.get(key).and_then(|v| v.as_str()).unwrap_or_default()
+        self.fields
+            .get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
     }
 
     pub fn number(&self, key: &str) -> u64 {
-        self.0
+        self.fields
             .get(key)
             .and_then(|v| v.as_u64())
-            .unwrap_or_else(|| panic!("no number {key} in status {:?}", self.0))
+            .unwrap_or_else(|| panic!("no number {key} in status {:?}", self.report))
     }
 
     /// A field of the status's `transfer` object (a state transfer to or
     /// from this node), as text.
     pub fn transfer(&self, key: &str) -> String {
-        match self.0.get("transfer").and_then(|t| t.get(key)) {
+        match self.fields.get("transfer").and_then(|t| t.get(key)) {
             Some(serde_json::Value::String(text)) => text.clone(),
             Some(other) => other.to_string(),
             None => String::new(),
@@ -399,6 +426,8 @@ impl Cluster {
             "--state".into(),
             self.scratch.path().join("arbiter.state").into(),
             "--init".into(),
+            "--admin".into(),
+            ARBITER_ADMIN.into(),
         ];
         self.give_arguments(&mut cmd, "arbiter", args);
         cmd.stdout(Stdio::null()).stderr(file);
@@ -541,6 +570,7 @@ impl Cluster {
             ("--arbiter", ARBITER_ADDR),
             ("--node", node),
             ("--silence-ms", SILENCE_MS),
+            ("--admin", &host.admin_addr()),
         ] {
             args.extend([flag.into(), value.into()]);
         }
@@ -653,12 +683,7 @@ impl Cluster {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
         };
-        let value: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("status {text:?}"))?;
-        match value {
-            serde_json::Value::Object(map) => Ok(Some(NodeStatus(map))),
-            other => bail!("status is not an object: {other}"),
-        }
+        NodeStatus::parse(&text).map(Some)
     }
 
     /// Waits until the node on `host` reports serving; fails at once if it
@@ -830,6 +855,26 @@ impl Cluster {
     }
 
     // ---- clients ----
+
+    /// `GET path` on an admin address, from the client's namespace; the
+    /// body of a 200 answer.
+    pub fn admin_get(&self, addr: &str, path: &str) -> Result<String> {
+        let addr: std::net::SocketAddr = addr.parse()?;
+        let path = path.to_string();
+        crate::l2::run_in_namespace(self.client.name(), move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply)?;
+            let (head, body) = reply
+                .split_once("\r\n\r\n")
+                .with_context(|| format!("no HTTP answer from {addr}: {reply:?}"))?;
+            ensure!(head.contains(" 200 "), "GET {path} from {addr}: {head}");
+            Ok(body.to_string())
+        })
+    }
 
     /// `redis-cli` against the service from the client; trimmed output.
     pub fn redis(&self, args: &[&str]) -> Result<String> {

@@ -4,7 +4,7 @@
 //!
 //! | path | what |
 //! |---|---|
-//! | `/usr/lib/ftvm/` | `agent`, `backup-agent`, `arbiter` (side by side: a restarted agent becomes the backup-agent beside it), `ft-guest`, `ft-ebpf.o` (also built into the binaries) |
+//! | `/usr/lib/ftvm/` | `agent`, `backup-agent`, `arbiter`, `ftctl` (side by side: a restarted agent becomes the backup-agent beside it), `ft-guest`, `ft-ebpf.o` (also built into the binaries) |
 //! | `/lib/systemd/system/` | `ftvm-agent.service`, `ftvm-backup.service`, `ftvm-arbiter.service` |
 //! | `/usr/share/doc/ftvm/` | `README.md`, `examples/*.toml` (copy them to `/etc/ftvm/` and edit) |
 
@@ -13,7 +13,7 @@ use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const BINARIES: [&str; 3] = ["agent", "backup-agent", "arbiter"];
+const BINARIES: [&str; 4] = ["agent", "backup-agent", "arbiter", "ftctl"];
 const UNITS: [&str; 3] = [
     "ftvm-agent.service",
     "ftvm-backup.service",

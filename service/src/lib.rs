@@ -14,6 +14,9 @@
 //!
 //! [`admin`] serves `/metrics` and `/status` on the daemon's admin address.
 //!
+//! [`status`] is the agent's status report, shared with `ftctl` and the
+//! tests.
+//!
 //! [`config`] reads the daemon's TOML file as its command-line options.
 //!
 //! [`init_logging`] writes the daemon's log to the journal, with its
@@ -22,6 +25,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod status;
 
 use sd_notify::NotifyState;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -30,8 +30,8 @@ use crate::{
     benchmark_command, binary, guest_image, run, wait_for, Netns, Process, ScratchDir, Summary,
     GUEST_IP, GUEST_MAC,
 };
-use agent::status::StatusReport;
 use anyhow::{bail, ensure, Context, Result};
+use service::status::StatusReport;
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::path::PathBuf;

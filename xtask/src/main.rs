@@ -32,8 +32,8 @@ enum Task {
     /// Inject random faults into the replicated cluster and check every
     /// promise afterwards; reproducible from its seed.
     Chaos(chaos::ChaosArgs),
-    /// Install what the tests need, lint, build and run every test, then
-    /// build and check the Debian package.
+    /// Install what the tests need, lint, build and check the Debian
+    /// package, then run every test.
     Test,
     /// Build the Debian package into target/dist/ (and check it).
     Dist,

@@ -26,6 +26,7 @@ pub fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo().args(["test", "--release", "--workspace"]))?;
-    crate::dist::dist().map(drop)
+    // The package first: the test runner's summary stays the last word.
+    crate::dist::dist()?;
+    run(cargo().args(["test", "--release", "--workspace"]))
 }

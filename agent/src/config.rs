@@ -4,6 +4,7 @@
 use crate::role::{check_timing, Bounds};
 use anyhow::{bail, Context, Result};
 use ftlog::GuestConfig;
+use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,30 +42,24 @@ pub struct GuestArgs {
 impl GuestArgs {
     /// The flags that give these arguments (for handing them to
     /// `backup-agent`, which takes the same ones).
-    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
-        let mut args = vec!["--guest".into(), self.guest.clone().into_os_string()];
-        let mut flag = |name: &str, value: String| {
-            args.push(name.into());
-            args.push(value.into());
-        };
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args = flag(Vec::new(), "--guest", &self.guest);
         if let Some(tap) = &self.tap {
-            flag("--tap", tap.clone());
+            args = flag(args, "--tap", tap);
         }
         if let Some(xdp) = &self.xdp {
-            flag("--xdp", xdp.clone());
+            args = flag(args, "--xdp", xdp);
         }
-        flag("--ip", self.ip.clone());
-        flag("--mac", self.mac.clone());
+        args = flag(args, "--ip", &self.ip);
+        args = flag(args, "--mac", &self.mac);
         if let Some(gateway) = self.gateway {
-            flag("--gateway", gateway.to_string());
+            args = flag(args, "--gateway", gateway.to_string());
         }
         if let Some(status) = &self.status {
-            args.push("--status".into());
-            args.push(status.clone().into_os_string());
+            args = flag(args, "--status", status);
         }
         if let Some(admin) = self.admin {
-            args.push("--admin".into());
-            args.push(admin.to_string().into());
+            args = flag(args, "--admin", admin.to_string());
         }
         args
     }
@@ -121,31 +116,39 @@ pub struct ReplicationArgs {
 
 impl ReplicationArgs {
     /// The flags that give these arguments (see [`GuestArgs::to_args`]).
-    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
-        let mut args: Vec<std::ffi::OsString> = Vec::new();
-        let mut flag = |name: &str, value: String| {
-            args.push(name.into());
-            args.push(value.into());
-        };
-        flag("--arbiter", self.arbiter.to_string());
-        flag("--node", self.node.clone());
-        flag("--heartbeat-ms", self.heartbeat_ms.to_string());
-        flag("--silence-ms", self.silence_ms.to_string());
-        flag(
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args = flag(Vec::new(), "--arbiter", self.arbiter.to_string());
+        args = flag(args, "--node", &self.node);
+        args = flag(args, "--heartbeat-ms", self.heartbeat_ms.to_string());
+        args = flag(args, "--silence-ms", self.silence_ms.to_string());
+        args = flag(
+            args,
             "--max-unacked-entries",
             self.max_unacked_entries.to_string(),
         );
-        flag("--max-unacked-bytes", self.max_unacked_bytes.to_string());
-        flag("--max-held-outputs", self.max_held_outputs.to_string());
+        args = flag(
+            args,
+            "--max-unacked-bytes",
+            self.max_unacked_bytes.to_string(),
+        );
+        args = flag(
+            args,
+            "--max-held-outputs",
+            self.max_held_outputs.to_string(),
+        );
         for fault in &self.fault_snapshot {
             let name = clap::ValueEnum::to_possible_value(fault).expect("not skipped");
-            flag("--fault-snapshot", name.get_name().to_string());
+            args = flag(args, "--fault-snapshot", name.get_name());
         }
         if let Some(record) = &self.release_record {
-            args.push("--release-record".into());
-            args.push(record.clone().into_os_string());
+            args = flag(args, "--release-record", record);
         }
         args
+    }
+
+    /// This node's client of the arbiter, as process `incarnation`.
+    pub fn arbitration(&self, incarnation: u64) -> Result<crate::arbitration::Arbitration> {
+        crate::arbitration::Arbitration::new(self.arbiter, &self.node, incarnation, self.silence())
     }
 
     /// Refuses timing that would declare a healthy peer dead.
@@ -176,6 +179,13 @@ impl ReplicationArgs {
             held_outputs: self.max_held_outputs,
         }
     }
+}
+
+/// `args` followed by `name value`.
+fn flag(mut args: Vec<OsString>, name: &str, value: impl AsRef<std::ffi::OsStr>) -> Vec<OsString> {
+    args.push(name.into());
+    args.push(value.as_ref().to_os_string());
+    args
 }
 
 /// A name the arbiter accepts, checked now rather than refused at failover.
@@ -255,7 +265,7 @@ mod tests {
              --fault-snapshot flip-byte --fault-snapshot other-image",
         ] {
             let first = Both::parse_from(argv.split_whitespace());
-            let mut again = vec![std::ffi::OsString::from("x")];
+            let mut again = vec![OsString::from("x")];
             again.extend(first.guest.to_args());
             again.extend(first.replication.to_args());
             let second = Both::parse_from(again);

@@ -100,9 +100,7 @@ impl LeaseKeeper {
         state.valid_until = None;
         self.shared.wake.notify_all();
     }
-}
 
-impl LeaseKeeper {
     /// A backup holds the state again: renew with no time asked, so that
     /// the backup can take over the moment this node is lost.
     pub fn serve_protected(&self) {

@@ -150,9 +150,8 @@ fn spawn_rx_thread(
 pub struct NodeLog {
     pub file: Option<LogWriter>,
     pub protection: Arc<crate::protect::Protection>,
+    link: crate::protect::FollowedLink,
     pub status: Arc<Status>,
-    /// Bytes of framed entries logged (what the log channel carries).
-    pub bytes: u64,
     /// Ends a wait for a lagging backup.
     stop: Arc<AtomicBool>,
 }
@@ -167,18 +166,20 @@ impl NodeLog {
         NodeLog {
             file,
             protection,
+            link: Default::default(),
             status,
-            bytes: 0,
             stop,
         }
     }
 
-    /// Makes the file durable; returns the bytes logged.
+    /// Makes the file durable and lets go of the link (so whoever closes
+    /// it holds the last handle); returns the bytes logged.
     pub fn finish(&mut self) -> Result<u64> {
         if let Some(file) = &mut self.file {
             file.sync()?;
         }
-        Ok(self.bytes)
+        self.link = Default::default();
+        Ok(self.status.log_bytes.load(Ordering::Relaxed))
     }
 }
 
@@ -188,10 +189,9 @@ impl LogSink for NodeLog {
             file.append(&entry).map_err(std::io::Error::other)?;
         }
         let bytes = (ftlog::frame::FRAME_HEADER_LEN + entry.body_len()) as u64;
-        if let Some(link) = self.protection.link() {
+        if let Some(link) = self.protection.follow(&mut self.link) {
             link.send_entry(&entry, bytes, &self.stop);
         }
-        self.bytes += bytes;
         self.status.log_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.status.entries.store(entry.seq + 1, Ordering::Relaxed);
         self.status

@@ -12,6 +12,8 @@
 //! the attached link), and the node is protected once the backup has
 //! verified the state and acked it.
 
+use crate::config::ReplicationArgs;
+use crate::node::Node;
 use crate::replication::Replication;
 use crate::role::{Bounds, Role};
 use crate::status::Status;
@@ -26,9 +28,13 @@ use vmm::snapshot::DirtyLog;
 use vmm::{Input, Pause};
 
 /// The node's replication link, if it has one, shared by the log (which
-/// sends every entry on it), the releaser and the joiner.
+/// sends every entry on it), the releaser and the joiner. Detaching it is
+/// how the node stops replicating.
 pub struct Protection {
     link: Mutex<Option<Arc<Replication>>>,
+    /// Counts the changes of `link`, so the log, which looks at every
+    /// entry, re-reads it only when it changed ([`Protection::follow`]).
+    changes: AtomicU64,
     /// Output from this seq on may not be released under a lease: its log
     /// goes to a joining backup, whose acks authorise it.
     lease_below: AtomicU64,
@@ -38,17 +44,24 @@ impl Default for Protection {
     fn default() -> Self {
         Protection {
             link: Mutex::new(None),
+            changes: AtomicU64::new(0),
             lease_below: AtomicU64::new(u64::MAX),
         }
     }
+}
+
+/// A reader's copy of the link, and which change of it that was.
+#[derive(Default)]
+pub struct FollowedLink {
+    change: u64,
+    link: Option<Arc<Replication>>,
 }
 
 impl Protection {
     /// Protected by `link` from the start (a backup that replays from boot).
     pub fn protected(link: Arc<Replication>) -> Arc<Self> {
         let protection = Protection::default();
-        *protection.lock() = Some(link);
-        protection.lease_below.store(0, Ordering::SeqCst);
+        protection.attach(link, 0);
         Arc::new(protection)
     }
 
@@ -62,6 +75,19 @@ impl Protection {
         self.lock().clone()
     }
 
+    /// The link, from `copy` unless it changed since: one atomic load per
+    /// log entry, not a lock.
+    pub fn follow<'a>(&self, copy: &'a mut FollowedLink) -> Option<&'a Arc<Replication>> {
+        let change = self.changes.load(Ordering::SeqCst);
+        if change != copy.change {
+            *copy = FollowedLink {
+                change,
+                link: self.link(),
+            };
+        }
+        copy.link.as_ref()
+    }
+
     /// Below which seq a lease may release output.
     pub fn lease_below(&self) -> u64 {
         self.lease_below.load(Ordering::SeqCst)
@@ -73,11 +99,14 @@ impl Protection {
     fn attach(&self, link: Arc<Replication>, next_seq: u64) {
         self.lease_below.store(next_seq, Ordering::SeqCst);
         *self.lock() = Some(link);
+        self.changes.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// The backup is lost: the log goes nowhere, and a lease releases all.
+    /// The backup is lost, or must be told nothing more: the log goes
+    /// nowhere, and a lease releases all.
     pub fn detach(&self) -> Option<Arc<Replication>> {
         let link = self.lock().take();
+        self.changes.fetch_add(1, Ordering::SeqCst);
         self.lease_below.store(u64::MAX, Ordering::SeqCst);
         link
     }
@@ -93,22 +122,22 @@ pub enum SnapshotFault {
     OtherImage,
 }
 
-/// Everything the joiner needs.
+/// The thread that protects a node serving alone again.
 pub struct Joiner {
     /// Where a joining backup listens.
-    pub backup: SocketAddr,
-    pub hello: Hello,
-    pub channel: logchannel::Config,
-    pub bounds: Bounds,
-    pub protection: Arc<Protection>,
-    pub pause: Arc<Pause>,
-    pub dirty_log: DirtyLog,
+    backup: SocketAddr,
+    hello: Hello,
+    channel: logchannel::Config,
+    bounds: Bounds,
+    protection: Arc<Protection>,
+    pause: Arc<Pause>,
+    dirty_log: DirtyLog,
     /// Wakes a vCPU that waits for input, so the final round runs soon.
-    pub vcpu: SyncSender<Input>,
-    pub status: Arc<Status>,
-    pub stop: Arc<AtomicBool>,
+    vcpu: SyncSender<Input>,
+    status: Arc<Status>,
+    stop: Arc<AtomicBool>,
     /// Faults to inject, one per join.
-    pub faults: Vec<SnapshotFault>,
+    faults: Vec<SnapshotFault>,
 }
 
 /// How often a node serving alone tries the backup's address.
@@ -117,6 +146,38 @@ const RETRY: Duration = Duration::from_secs(1);
 const PAUSE_LIMIT: Duration = Duration::from_secs(10);
 
 impl Joiner {
+    /// A joiner for `node`, whose new backup listens at `backup` and gets
+    /// our `hello`; `dirty_log` is the VM's, whose recorder must run with
+    /// [`Joiner::pause`].
+    pub fn new(
+        backup: SocketAddr,
+        hello: Hello,
+        replication: &ReplicationArgs,
+        node: &Node,
+        status: &Arc<Status>,
+        protection: &Arc<Protection>,
+        dirty_log: DirtyLog,
+    ) -> Joiner {
+        Joiner {
+            backup,
+            hello,
+            channel: replication.channel_config(),
+            bounds: replication.bounds(),
+            protection: protection.clone(),
+            pause: Arc::default(),
+            dirty_log,
+            vcpu: node.input_sender(),
+            status: status.clone(),
+            stop: node.stop.clone(),
+            faults: replication.fault_snapshot.clone(),
+        }
+    }
+
+    /// Where the final round is asked of the recorder.
+    pub fn pause(&self) -> Arc<Pause> {
+        self.pause.clone()
+    }
+
     pub fn spawn(self) -> std::thread::JoinHandle<()> {
         std::thread::spawn(move || self.run())
     }
@@ -307,6 +368,9 @@ impl LinkSink {
 
 impl PageSink for LinkSink {
     fn pages(&mut self, first_pfn: u64, data: &[u8]) -> std::io::Result<()> {
+        if !self.final_round {
+            self.joining.throttle().map_err(std::io::Error::other)?;
+        }
         let result = if self.final_round && self.fault == Some(SnapshotFault::FlipByte) {
             self.fault = None;
             let mut flipped = data.to_vec();

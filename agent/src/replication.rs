@@ -14,7 +14,6 @@ use std::time::Duration;
 /// The log channel to the backup, while there is one.
 pub struct Replication {
     link: PrimaryLink,
-    replicating: AtomicBool,
     bounds: Bounds,
     /// Entries sent and not yet acknowledged, with their framed size.
     backlog: Mutex<Backlog>,
@@ -51,7 +50,6 @@ impl Replication {
     pub fn new(link: PrimaryLink, bounds: Bounds) -> Arc<Self> {
         Arc::new(Replication {
             link,
-            replicating: AtomicBool::new(true),
             bounds,
             backlog: Mutex::new(Backlog::default()),
         })
@@ -61,16 +59,11 @@ impl Replication {
         &self.link
     }
 
-    /// No more entries go to the backup (it is lost).
-    pub fn stop_replicating(&self) {
-        self.replicating.store(false, Ordering::Relaxed);
-    }
-
     /// Queues an entry of `bytes` framed bytes for the backup; then, while
     /// the backup lags past a bound, waits for its acks. A dead link is
     /// noticed by the releaser, which owns the decision of what happens next.
     pub fn send_entry(&self, entry: &Entry, bytes: u64, stop: &AtomicBool) {
-        if !self.replicating.load(Ordering::Relaxed) || self.link.send_entry(entry).is_err() {
+        if self.link.send_entry(entry).is_err() {
             return;
         }
         let mut backlog = self.backlog.lock().unwrap_or_else(PoisonError::into_inner);

@@ -14,7 +14,7 @@ use agent::role::{start_claim, Role, StartClaim};
 use agent::serve::{finish_serving, OutputGate, Releaser, RoleControl};
 use agent::status::Status;
 use anyhow::{bail, Context, Result};
-use arbiter::ClaimOutcome;
+use arbiter::{ArbiterState, ClaimOutcome};
 use ftlog::{LogHeader, LogWriter};
 use logchannel::{Hello, LinkError, PendingLink, PrimaryLink};
 use std::net::SocketAddr;
@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vmm::{GuestClock, GuestImage, Machine, Pause, Recorder};
+use vmm::{GuestClock, GuestImage, Machine, Recorder};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -75,15 +75,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let image = GuestImage::from_file(&args.guest.guest)?;
     let incarnation = arbiter::new_incarnation();
     if let (Some(listen), Some((backup, replication))) = (args.listen, &replicated) {
-        let mut arbitration = Arbitration::new(
-            replication.arbiter,
-            &replication.node,
-            incarnation,
-            replication.silence(),
-        )?;
-        let record = arbitration
-            .record()
-            .with_context(|| format!("ask the arbiter {} who serves", replication.arbiter))?;
+        let (_, record) = who_serves(replication, incarnation)?;
         if let StartClaim::Refuse(reason) = start_claim(&record, args.takeover) {
             tracing::info!(%reason, %listen, "another node serves: joining it as a backup");
             return Err(join_as_backup(&args.guest, replication, listen, *backup));
@@ -163,15 +155,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         &replication_args,
         Duration::from_secs(args.connect_timeout_s),
     )?;
-    let mut arbitration = Arbitration::new(
-        replication_args.arbiter,
-        &replication_args.node,
-        incarnation,
-        replication_args.silence(),
-    )?;
-    let record = arbitration
-        .record()
-        .with_context(|| format!("ask the arbiter {} who serves", replication_args.arbiter))?;
+    let (mut arbitration, record) = who_serves(&replication_args, incarnation)?;
     let expected = match start_claim(&record, args.takeover) {
         StartClaim::Claim { expected } => expected,
         StartClaim::Refuse(reason) => bail!("{reason}"),
@@ -216,21 +200,17 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     .spawn();
     // Should the backup be lost, a new one started at the same address
     // joins by state transfer.
-    let pause = Arc::new(Pause::default());
-    Joiner {
+    let joiner = Joiner::new(
         backup,
         hello,
-        channel: replication_args.channel_config(),
-        bounds: replication_args.bounds(),
-        protection: protection.clone(),
-        pause: pause.clone(),
-        dirty_log: machine.dirty_log(),
-        vcpu: node.input_sender(),
-        status: status.clone(),
-        stop: node.stop.clone(),
-        faults: replication_args.fault_snapshot.clone(),
-    }
-    .spawn();
+        &replication_args,
+        &node,
+        &status,
+        &protection,
+        machine.dirty_log(),
+    );
+    let pause = joiner.pause();
+    joiner.spawn();
 
     node.start_receiving();
     tracing::info!(generation, %backup, "guest running as the FT primary");
@@ -239,6 +219,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .with_progress(&service::WORK);
     let log = NodeLog::new(file, protection, status.clone(), node.stop.clone());
     finish_serving(recorder, log, gate, releaser, node, &status)
+}
+
+/// The arbiter's record, and the client that read it.
+fn who_serves(args: &ReplicationArgs, incarnation: u64) -> Result<(Arbitration, ArbiterState)> {
+    let mut arbitration = args.arbitration(incarnation)?;
+    let record = arbitration
+        .record()
+        .with_context(|| format!("ask the arbiter {} who serves", args.arbiter))?;
+    Ok((arbitration, record))
 }
 
 /// Becomes `backup-agent` (installed beside this binary) with the same

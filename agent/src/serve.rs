@@ -260,7 +260,7 @@ impl Releaser {
             }
             Err(e) => ReleaserEnd::Halted(format!("{e:#}")),
         };
-        let end = self.end(end, &mode);
+        let end = self.end(end);
         Released {
             end,
             out: self.out,
@@ -337,7 +337,6 @@ impl Releaser {
         let Some(reason) = link.link().failure() else {
             return Ok(());
         };
-        link.stop_replicating();
         self.protection.detach();
         if matches!(mode, Mode::Joining(_)) {
             let why = reason.to_string();
@@ -408,7 +407,7 @@ impl Releaser {
     /// Fences the node for an end that is not `Done`. The backup is told
     /// nothing more: the `Halt` of the stopping vCPU would stop it too,
     /// where it may have to take over.
-    fn end(&mut self, end: ReleaserEnd, mode: &Mode) -> ReleaserEnd {
+    fn end(&mut self, end: ReleaserEnd) -> ReleaserEnd {
         let role = match &end {
             ReleaserEnd::Done => return end,
             ReleaserEnd::Deposed { generation, owner } => {
@@ -425,9 +424,7 @@ impl Releaser {
                 Role::Halted
             }
         };
-        if let Some(link) = mode.link() {
-            link.stop_replicating();
-        }
+        self.protection.detach();
         self.control.fence(role);
         self.gate.discard();
         self.stop.store(true, Ordering::Relaxed);

@@ -106,7 +106,7 @@ impl Status {
     /// node serves or replicates, and one line of what it does.
     pub fn service_report(&self) -> service::Report {
         let role = self.role();
-        let get = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let r = self.report();
         let protection = match role {
             Role::Primary => "protected, ",
             Role::Alone => "unprotected, ",
@@ -114,16 +114,11 @@ impl Status {
         };
         let mut status = format!(
             "{} generation {}, {protection}lag {} entries / {} ms, {} outputs held",
-            role.name(),
-            get(&self.generation),
-            get(&self.lag_entries),
-            get(&self.lag_ms),
-            get(&self.held_outputs),
+            r.role, r.generation, r.lag_entries, r.lag_ms, r.held_outputs,
         );
-        let alarm = self.alarm();
-        if !alarm.is_empty() {
+        if !r.alarm.is_empty() {
             status.push_str(", alarm: ");
-            status.push_str(&alarm);
+            status.push_str(&r.alarm);
         }
         service::Report {
             ready: matches!(role, Role::Primary | Role::Alone | Role::Backup),

@@ -42,7 +42,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use vmm::replay::{hex, ReplayedOutput};
-use vmm::{GuestImage, Handover, Machine, Pause, Recorder, ReplayEnd, ReplayError, Replayer};
+use vmm::{GuestImage, Handover, Machine, Recorder, ReplayEnd, ReplayError, Replayer};
 
 const EXIT_DIVERGENCE: u8 = 2;
 const EXIT_GUEST_FAILED: u8 = 3;
@@ -278,12 +278,7 @@ impl GoLive {
             "log finished; asking the arbiter"
         );
         let replication = &args.replication;
-        let mut arbitration = Arbitration::new(
-            replication.arbiter,
-            &replication.node,
-            incarnation,
-            replication.silence(),
-        )?;
+        let mut arbitration = replication.arbitration(incarnation)?;
         let primary = Claimant {
             node: &session.primary,
             incarnation: session.incarnation,
@@ -385,23 +380,24 @@ impl GoLive {
             audit,
         }
         .spawn();
-        let pause = Arc::new(Pause::default());
-        if let Some(backup) = args.backup {
-            Joiner {
-                backup,
-                hello,
-                channel: replication.channel_config(),
-                bounds: replication.bounds(),
-                protection: protection.clone(),
-                pause: pause.clone(),
-                dirty_log: handover.dirty_log(),
-                vcpu: node.input_sender(),
-                status: status.clone(),
-                stop: node.stop.clone(),
-                faults: replication.fault_snapshot.clone(),
+        let pause = match args.backup {
+            Some(backup) => {
+                let dirty_log = handover.dirty_log();
+                let joiner = Joiner::new(
+                    backup,
+                    hello,
+                    replication,
+                    &node,
+                    &status,
+                    &protection,
+                    dirty_log,
+                );
+                let pause = joiner.pause();
+                joiner.spawn();
+                pause
             }
-            .spawn();
-        }
+            None => Arc::default(),
+        };
         tracing::info!(
             generation,
             resent,

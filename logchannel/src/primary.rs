@@ -301,10 +301,9 @@ pub struct Joining {
 }
 
 impl Joining {
-    /// Queues whole pages from `first_pfn` on (at most 15); waits while
-    /// the writer is [`SNAPSHOT_QUEUE`] behind.
+    /// Queues whole pages from `first_pfn` on (at most 15), at once (see
+    /// [`Joining::throttle`]).
     pub fn pages(&self, first_pfn: u64, data: &[u8]) -> Result<(), LinkError> {
-        self.throttle()?;
         self.link.send(&Message::SnapshotPages {
             first_pfn,
             data: data.to_vec(),
@@ -334,7 +333,10 @@ impl Joining {
         self.link.failure()
     }
 
-    fn throttle(&self) -> Result<(), LinkError> {
+    /// Waits while the writer is [`SNAPSHOT_QUEUE`] behind, so pre-copy
+    /// rounds move at the network's pace. The final round, which runs with
+    /// the vCPU stopped, never waits here.
+    pub fn throttle(&self) -> Result<(), LinkError> {
         let shared = &self.link.shared;
         let mut pending = shared.pending();
         while pending.len() > SNAPSHOT_QUEUE {

@@ -7,7 +7,7 @@
 //! reported as a crash with the RIP.
 
 use crate::loader::GuestImage;
-use crate::snapshot::{page_digest, DirtyLog, PageDigest, VcpuState, PAGES, PAGE_SIZE};
+use crate::snapshot::{page_digest, DirtyLog, PageDigest, VcpuState, PAGES, PAGE_SIZE, SAVED_MSRS};
 use ftlog::GuestConfig;
 use guest_abi as abi;
 use kvm_bindings::{
@@ -155,8 +155,7 @@ impl Machine {
     /// The vCPU's state, for a snapshot (the vCPU is stopped: `&self`
     /// between two `run_to_exit` calls).
     pub fn vcpu_state(&self) -> Result<VcpuState, MachineError> {
-        let indices = VcpuState::saved_msr_indices();
-        let entries: Vec<kvm_msr_entry> = indices
+        let entries: Vec<kvm_msr_entry> = SAVED_MSRS
             .iter()
             .map(|&index| kvm_msr_entry {
                 index,

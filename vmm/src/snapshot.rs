@@ -49,7 +49,7 @@ pub enum SnapshotError {
 
 /// The MSRs a 64-bit CPL3 guest can depend on. The guest cannot read the
 /// TSC (the loader refuses `rdtsc`), so it is not among them.
-const SAVED_MSRS: [u32; 9] = [
+pub(crate) const SAVED_MSRS: [u32; 9] = [
     0x174,       // IA32_SYSENTER_CS
     0x175,       // IA32_SYSENTER_ESP
     0x176,       // IA32_SYSENTER_EIP
@@ -83,10 +83,6 @@ const FIXED_LEN: usize = 1
 const MSR_LEN: usize = std::mem::size_of::<kvm_msr_entry>();
 
 impl VcpuState {
-    pub(crate) fn saved_msr_indices() -> &'static [u32] {
-        &SAVED_MSRS
-    }
-
     /// `format:u8 regs sregs xsave xcrs msr_count:u8 msr*`, each struct as
     /// KVM lays it out (both ends run the same VMM: the hellos check it).
     pub fn encode(&self) -> Vec<u8> {

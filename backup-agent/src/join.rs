@@ -6,17 +6,11 @@
 
 use crate::source::ChannelSource;
 use agent::status::Status;
-use logchannel::{Event, SnapshotEnd};
+use logchannel::{Event, Hello, SnapshotEnd};
 use std::time::Instant;
 use vmm::replay::hex;
 use vmm::snapshot::{StateDigest, VcpuState, PAGE_SIZE};
 use vmm::{Machine, ResumePoint};
-
-/// What the joining backup runs: its own image and configuration.
-pub struct Identity {
-    pub image_hash: [u8; 32],
-    pub config_hash: [u8; 32],
-}
 
 /// How a join ended without a verified state.
 pub enum JoinError {
@@ -26,12 +20,13 @@ pub enum JoinError {
     Lost,
 }
 
-/// Receives the snapshot into `machine` and verifies it; returns where
+/// Receives the snapshot into `machine` and verifies it against what this
+/// backup runs (the image and configuration of its `hello`); returns where
 /// the log continues.
 pub fn receive(
     source: &mut ChannelSource,
     machine: &Machine,
-    identity: &Identity,
+    identity: &Hello,
     status: &Status,
 ) -> Result<ResumePoint, JoinError> {
     let started = Instant::now();
@@ -89,11 +84,7 @@ fn write_zeros(machine: &Machine, first_pfn: u64, count: u64) -> Result<(), vmm:
 
 /// Checks the snapshot's end against this backup and its RAM; restores
 /// the vCPU.
-fn verify(
-    machine: &Machine,
-    end: &SnapshotEnd,
-    identity: &Identity,
-) -> Result<ResumePoint, String> {
+fn verify(machine: &Machine, end: &SnapshotEnd, identity: &Hello) -> Result<ResumePoint, String> {
     if end.image_hash != identity.image_hash {
         return Err(format!(
             "the snapshot is of guest image {}, this backup runs image {}",

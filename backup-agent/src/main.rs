@@ -122,11 +122,7 @@ fn run(args: Args) -> Result<ExitCode> {
     );
     let replayer = match source.wait_for_session() {
         Some(session) if session.snapshot => {
-            let identity = join::Identity {
-                image_hash: image.hash(),
-                config_hash: config_hash(&config),
-            };
-            match join::receive(&mut source, &machine, &identity, &status) {
+            match join::receive(&mut source, &machine, &hello, &status) {
                 Ok(point) => Replayer::resume_from(machine, point),
                 Err(join::JoinError::Refused(reason)) => {
                     status.transfer(|t| {

@@ -6,7 +6,7 @@
 use ftlog::{Entry, Payload, Position};
 use logchannel::wire::{encode, Message};
 use logchannel::{
-    BackupListener, Config, Event, Hello, LinkError, PrimaryLink, SnapshotEnd, Verify,
+    BackupListener, Config, Event, Hello, Joining, LinkError, PrimaryLink, SnapshotEnd, Verify,
     MAX_BODY_LEN, PAGE_SIZE,
 };
 use std::io::{Read, Write};
@@ -436,15 +436,14 @@ fn snapshot_end(next_seq: u64) -> SnapshotEnd {
     }
 }
 
-#[test]
-fn a_joining_session_carries_the_snapshot_then_the_log_from_its_end() {
-    logs();
-    let mut backup = listen(relaxed());
+/// A primary joining `backup` under generation 4: the backup sees a
+/// session that begins with a snapshot.
+fn join(backup: &mut BackupListener) -> Joining {
     let joining = PrimaryLink::connect(backup.local_addr(), hello("primary"), relaxed())
         .unwrap()
         .join(4)
         .unwrap();
-    match next_event(&mut backup) {
+    match next_event(backup) {
         Event::Connected {
             generation: 4,
             snapshot: true,
@@ -452,6 +451,14 @@ fn a_joining_session_carries_the_snapshot_then_the_log_from_its_end() {
         } => {}
         other => panic!("expected a joining Connected, got {other:?}"),
     }
+    joining
+}
+
+#[test]
+fn a_joining_session_carries_the_snapshot_then_the_log_from_its_end() {
+    logs();
+    let mut backup = listen(relaxed());
+    let joining = join(&mut backup);
     let page = vec![0xab; PAGE_SIZE * 2];
     joining.pages(10, &page).unwrap();
     joining.zeros(12, 500).unwrap();
@@ -492,14 +499,7 @@ fn a_joining_session_carries_the_snapshot_then_the_log_from_its_end() {
 fn a_snapshot_the_backup_refuses_ends_the_session_with_its_reason_on_both_sides() {
     logs();
     let mut backup = listen(relaxed());
-    let joining = PrimaryLink::connect(backup.local_addr(), hello("primary"), relaxed())
-        .unwrap()
-        .join(4)
-        .unwrap();
-    assert!(matches!(
-        next_event(&mut backup),
-        Event::Connected { snapshot: true, .. }
-    ));
+    let joining = join(&mut backup);
     let primary = joining.finish(snapshot_end(50)).unwrap();
     assert!(matches!(next_event(&mut backup), Event::SnapshotEnd(_)));
     backup.refuse("the transferred state does not verify");

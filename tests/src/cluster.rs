@@ -487,6 +487,14 @@ impl Cluster {
 
     // ---- agents ----
 
+    /// The arbiter, a backup on host-b and its primary on host-a,
+    /// answering: the pair most tests start from.
+    pub fn start_pair(&mut self) -> Result<()> {
+        self.start_arbiter()?;
+        self.start_backup(Host::B)?;
+        self.start_primary(Host::A)
+    }
+
     /// Starts `backup-agent` on `host`, listening on its `repl` address,
     /// and waits until it listens. Once live, it lets a new backup on the
     /// other host join it. Started while the other host serves, it joins
@@ -855,6 +863,45 @@ impl Cluster {
     }
 
     // ---- clients ----
+
+    /// `LLEN key` through the service.
+    pub fn llen(&self, key: &str) -> Result<u64> {
+        Ok(self.redis(&["LLEN", key])?.parse()?)
+    }
+
+    /// What `LRANGE key` shows that disagrees with ft-checker's `report`:
+    /// the list must hold exactly `v-0`, `v-1`, … in order, every
+    /// acknowledged value and the unacknowledged one the checker found,
+    /// nothing else.
+    pub fn history_violations(&self, key: &str, report: &Summary) -> Vec<String> {
+        let list = match self.redis(&["LRANGE", key, "0", "-1"]) {
+            Ok(list) => list,
+            Err(e) => return vec![format!("LRANGE {key} failed: {e:#}")],
+        };
+        let expected = report.number("acked") + report.number("unacked_present");
+        let values: Vec<&str> = list.lines().collect();
+        let mut violations = Vec::new();
+        if values.len() as u64 != expected {
+            violations.push(format!(
+                "the list {key} holds {} values, the client expects {expected} ({report:?})",
+                values.len()
+            ));
+        }
+        if let Some((n, value)) = values
+            .iter()
+            .enumerate()
+            .find(|(n, value)| **value != format!("v-{n}"))
+        {
+            violations.push(format!("the list {key} has {value:?} at index {n}"));
+        }
+        violations
+    }
+
+    /// [`Cluster::history_violations`] must find nothing.
+    pub fn assert_history(&self, key: &str, report: &Summary) {
+        let violations = self.history_violations(key, report);
+        assert!(violations.is_empty(), "{violations:#?}");
+    }
 
     /// `GET path` on an admin address, from the client's namespace; the
     /// body of a 200 answer.

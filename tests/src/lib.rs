@@ -417,6 +417,20 @@ fn spawn_agent(ns: &Netns, nic: &[&str], extra: &[&std::ffi::OsStr]) -> Result<P
     Process::spawn(cmd, "agent run")
 }
 
+/// The report of an ft-checker that ended with `out`, which must show a
+/// clean history on one connection: nothing lost, doubled or refused.
+pub fn assert_clean_history(out: &Output) -> Summary {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("ft-checker: {}", stdout.trim_end());
+    let report = Summary::parse(&stdout);
+    assert_eq!(report.number("lost"), 0, "{stdout}");
+    assert_eq!(report.number("duplicated"), 0, "{stdout}");
+    assert_eq!(report.number("refused"), 0, "{stdout}");
+    assert_eq!(report.get("connection_survived"), "true", "{stdout}");
+    assert!(out.status.success(), "ft-checker: {}: {stdout}", out.status);
+    report
+}
+
 /// The `key=value` line an agent prints when it ends.
 #[derive(Debug)]
 pub struct Summary(std::collections::BTreeMap<String, String>);

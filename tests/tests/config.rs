@@ -52,9 +52,7 @@ fn configuration_files_alone_run_a_replicated_pair_that_fails_over() {
     let mut cluster = Cluster::new("cf")
         .expect("build the topology")
         .with_config_files();
-    cluster.start_arbiter().unwrap();
-    cluster.start_backup(Host::B).unwrap();
-    cluster.start_primary(Host::A).unwrap();
+    cluster.start_pair().unwrap();
     for host in [Host::A, Host::B] {
         let line = cluster.node_command_line(host).unwrap().to_string();
         assert!(

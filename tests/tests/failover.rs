@@ -5,10 +5,9 @@
 //! The tests run one at a time: each runs two VMs on a small machine.
 //! Failover times are printed, never asserted.
 
-use anyhow::Result;
 use ft_tests::audit;
 use ft_tests::cluster::{ArbiterState, Cluster, Host, ServiceFrames};
-use ft_tests::{require_root_and_kvm, wait_for, Process, Summary};
+use ft_tests::{assert_clean_history, require_root_and_kvm, wait_for, Process, Summary};
 use ftlog::{Entry, Payload, Position};
 use logchannel::wire::{encode, Message};
 use logchannel::Hello;
@@ -31,14 +30,8 @@ const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
 /// The arbiter, a backup on host-b and its primary on host-a, answering.
 fn replicated_pair(tag: &str) -> Cluster {
     let mut cluster = Cluster::new(tag).expect("build the topology");
-    cluster.start_arbiter().expect("start the arbiter");
-    cluster.start_backup(Host::B).expect("start the backup");
-    cluster.start_primary(Host::A).expect("start the primary");
+    cluster.start_pair().expect("start the pair");
     cluster
-}
-
-fn llen(cluster: &Cluster, key: &str) -> Result<u64> {
-    Ok(cluster.redis(&["LLEN", key])?.parse()?)
 }
 
 /// Starts ft-checker pushing its history to `key` for 15 s and waits until
@@ -48,7 +41,7 @@ fn start_history(cluster: &Cluster, key: &str, count: u64) -> Process {
         .spawn_checker(key, &["--duration-ms", "15000", "--pause-ms", "2"])
         .unwrap();
     wait_for("the checker to push", Duration::from_secs(30), || {
-        Ok((llen(cluster, key)? >= count).then_some(()))
+        Ok((cluster.llen(key)? >= count).then_some(()))
     })
     .expect("the checker pushes through the primary");
     checker
@@ -61,15 +54,7 @@ fn checker_report(checker: Process) -> Summary {
     let out = checker
         .wait_with_output(Duration::from_secs(120))
         .expect("ft-checker ends");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("ft-checker: {}", stdout.trim_end());
-    let report = Summary::parse(&stdout);
-    assert_eq!(report.number("lost"), 0, "{stdout}");
-    assert_eq!(report.number("duplicated"), 0, "{stdout}");
-    assert_eq!(report.number("refused"), 0, "{stdout}");
-    assert_eq!(report.get("connection_survived"), "true", "{stdout}");
-    assert!(out.status.success(), "ft-checker: {}: {stdout}", out.status);
-    report
+    assert_clean_history(&out)
 }
 
 /// What the arbiter must say after one claim won by `owner` since `before`.
@@ -100,19 +85,6 @@ fn assert_only_winner_after(frames: &ServiceFrames, winner: Host, cut: Instant) 
         winner.other().node(),
         winner.node()
     );
-}
-
-/// What `redis-cli LRANGE` shows must agree with the checker: exactly
-/// `v-0`, `v-1`, ... in order, every acknowledged value and the
-/// unacknowledged one the checker found, nothing else.
-fn assert_history(cluster: &Cluster, key: &str, report: &Summary) {
-    let list = cluster.redis(&["LRANGE", key, "0", "-1"]).expect("LRANGE");
-    let values: Vec<&str> = list.lines().collect();
-    let expected = report.number("acked") + report.number("unacked_present");
-    assert_eq!(values.len() as u64, expected, "LRANGE {key} vs {report:?}");
-    for (n, value) in values.iter().enumerate() {
-        assert_eq!(*value, format!("v-{n}"), "LRANGE {key} at index {n}");
-    }
 }
 
 #[test]
@@ -167,14 +139,14 @@ fn kill_9_of_the_primary_mid_history_the_backup_continues_the_same_connection() 
     cluster.wait_serving(Host::B, FAILOVER_LIMIT).unwrap();
     eprintln!("host-b serves {:?} after the kill", kill.elapsed());
     // Values acknowledged beyond this were acknowledged by host-b.
-    let at_go_live = llen(&cluster, "history").unwrap();
+    let at_go_live = cluster.llen("history").unwrap();
 
     let report = checker_report(checker);
     assert!(
         report.number("acked") > at_go_live,
         "nothing acknowledged after the failover: {report:?}, {at_go_live} at go-live"
     );
-    assert_history(&cluster, "history", &report);
+    cluster.assert_history("history", &report);
     assert_eq!(cluster.redis(&["GET", "before"]).unwrap(), "failover");
 
     let after = cluster.arbiter_state().unwrap();
@@ -242,7 +214,7 @@ fn cutting_the_log_channel_leaves_exactly_one_side_serving() {
 
     // The client's connection went on, whichever side won.
     let report = checker_report(checker);
-    assert_history(&cluster, "partition", &report);
+    cluster.assert_history("partition", &report);
     assert_eq!(cluster.redis(&["SET", "after", "cut"]).unwrap(), "OK");
     assert_eq!(cluster.redis(&["GET", "after"]).unwrap(), "cut");
 
@@ -285,7 +257,7 @@ fn an_isolated_primary_that_lost_the_arbiter_halts_when_it_comes_back() {
     assert_eq!(last.role(), "deposed", "{last:?}");
 
     let report = checker_report(checker);
-    assert_history(&cluster, "isolated", &report);
+    cluster.assert_history("isolated", &report);
     assert_eq!(cluster.service_port().unwrap(), Some(Host::B));
     assert_only_winner_after(&watch.finish(), Host::B, cut);
     assert_eq!(cluster.arbiter_state().unwrap(), after);
@@ -426,7 +398,7 @@ fn garbage_bad_frames_and_a_wrong_image_are_refused_while_replication_goes_on() 
     // Replication went on: no failover, the client saw nothing, and the
     // backup ends where the primary does.
     let report = checker_report(checker);
-    assert_history(&cluster, "rogue", &report);
+    cluster.assert_history("rogue", &report);
     let log = cluster.node_log(Host::B).unwrap();
     assert!(!log.contains("primary lost"), "{log}");
     let backup = cluster.status(Host::B).unwrap().expect("backup status");
@@ -508,7 +480,7 @@ fn a_stray_primary_claims_nothing_and_failover_still_works() {
         next_claim(&before, Host::B)
     );
     let report = checker_report(checker);
-    assert_history(&cluster, "stray", &report);
+    cluster.assert_history("stray", &report);
     assert_release_records_hold(&cluster);
     cluster.stop(Host::B).unwrap();
 }
@@ -532,7 +504,7 @@ fn a_rogue_claim_never_makes_two_primaries_and_the_replica_is_kept() {
         )
         .unwrap();
     wait_for("the checker to push", Duration::from_secs(30), || {
-        Ok((llen(&cluster, "rogue")? >= 100).then_some(()))
+        Ok((cluster.llen("rogue")? >= 100).then_some(()))
     })
     .unwrap();
 
@@ -569,7 +541,7 @@ fn a_rogue_claim_never_makes_two_primaries_and_the_replica_is_kept() {
         next_claim(&taken, Host::B)
     );
     let report = checker_report(checker);
-    assert_history(&cluster, "rogue", &report);
+    cluster.assert_history("rogue", &report);
     assert_release_records_hold(&cluster);
     cluster.stop(Host::B).unwrap();
 }
@@ -598,7 +570,7 @@ fn releasing_a_running_pairs_generation_deposes_its_primary_and_fails_over_safel
         next_claim(&before, Host::B)
     );
     let report = checker_report(checker);
-    assert_history(&cluster, "released", &report);
+    cluster.assert_history("released", &report);
     assert_release_records_hold(&cluster);
     cluster.stop(Host::B).unwrap();
 }
@@ -627,7 +599,7 @@ fn a_primary_paused_past_the_silence_timeout_releases_nothing_when_it_wakes() {
     let late: Vec<_> = records[0].releases().filter(|l| l.micros >= woke).collect();
     assert!(late.is_empty(), "host-a released after it woke: {late:?}");
     let report = checker_report(checker);
-    assert_history(&cluster, "paused", &report);
+    cluster.assert_history("paused", &report);
     assert_release_records_hold(&cluster);
     cluster.stop(Host::B).unwrap();
 }
@@ -701,7 +673,7 @@ fn a_paused_backup_holds_the_primary_to_its_bounds_and_it_goes_on_alone() {
     let ended = cluster.wait_exit(Host::B, Duration::from_secs(30)).unwrap();
     assert_eq!(ended.status.code(), Some(4), "{ended:?}");
     let report = checker_report(checker);
-    assert_history(&cluster, "backlog", &report);
+    cluster.assert_history("backlog", &report);
     assert_release_records_hold(&cluster);
     cluster.stop(Host::A).unwrap();
 }

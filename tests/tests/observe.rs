@@ -55,9 +55,7 @@ fn line_of<'a>(view: &'a str, node: &str) -> &'a str {
 fn metrics_parse_and_move_under_load_and_status_and_ftctl_show_a_failover() {
     require_root_and_kvm();
     let mut cluster = Cluster::new("ob").expect("build the topology");
-    cluster.start_arbiter().unwrap();
-    cluster.start_backup(Host::B).unwrap();
-    cluster.start_primary(Host::A).unwrap();
+    cluster.start_pair().unwrap();
 
     let (a, b) = (Host::A.admin_addr(), Host::B.admin_addr());
     let before = (scrape(&cluster, &a), scrape(&cluster, &b));

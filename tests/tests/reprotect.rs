@@ -6,7 +6,7 @@
 
 use ft_tests::audit;
 use ft_tests::cluster::{Cluster, Host};
-use ft_tests::{require_root_and_kvm, wait_for, Process, Summary};
+use ft_tests::{assert_clean_history, require_root_and_kvm, wait_for, Process, Summary};
 use std::io::PipeWriter;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -15,11 +15,7 @@ const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
 const JOIN_LIMIT: Duration = Duration::from_secs(60);
 
 fn llen(cluster: &Cluster, key: &str) -> u64 {
-    cluster
-        .redis(&["LLEN", key])
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    cluster.llen(key).unwrap_or(0)
 }
 
 /// Waits until `key` holds more than `count` values: the service answers.
@@ -46,33 +42,14 @@ fn checker_report(checker: Process, stdin: PipeWriter) -> Summary {
     let out = checker
         .wait_with_output(Duration::from_secs(120))
         .expect("ft-checker ends");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("ft-checker: {}", stdout.trim_end());
-    let report = Summary::parse(&stdout);
-    assert_eq!(report.number("lost"), 0, "{stdout}");
-    assert_eq!(report.number("duplicated"), 0, "{stdout}");
-    assert_eq!(report.get("connection_survived"), "true", "{stdout}");
-    assert!(out.status.success(), "ft-checker: {}: {stdout}", out.status);
-    report
-}
-
-fn assert_history(cluster: &Cluster, key: &str, report: &Summary) {
-    let list = cluster.redis(&["LRANGE", key, "0", "-1"]).expect("LRANGE");
-    let values: Vec<&str> = list.lines().collect();
-    let expected = report.number("acked") + report.number("unacked_present");
-    assert_eq!(values.len() as u64, expected, "LRANGE {key} vs {report:?}");
-    for (n, value) in values.iter().enumerate() {
-        assert_eq!(*value, format!("v-{n}"), "LRANGE {key} at index {n}");
-    }
+    assert_clean_history(&out)
 }
 
 #[test]
 fn failovers_alternate_between_the_hosts_and_each_new_backup_joins_by_state_transfer() {
     require_root_and_kvm();
     let mut cluster = Cluster::new("rp").expect("build the topology");
-    cluster.start_arbiter().unwrap();
-    cluster.start_backup(Host::B).unwrap();
-    cluster.start_primary(Host::A).unwrap();
+    cluster.start_pair().unwrap();
     let (checker, stdin) = start_checker(&cluster, "history");
     wait_pushed_past(&cluster, "history", 100);
 
@@ -125,7 +102,7 @@ fn failovers_alternate_between_the_hosts_and_each_new_backup_joins_by_state_tran
     }
 
     let report = checker_report(checker, stdin);
-    assert_history(&cluster, "history", &report);
+    cluster.assert_history("history", &report);
     // At a quiescent point, a clean stop: the backup that joined by state
     // transfer replays to the primary's final state, byte for byte.
     let last_primary = cluster.stop(primary).unwrap();
@@ -208,7 +185,7 @@ fn snapshots_that_do_not_verify_are_refused_and_the_primary_serves_on_unprotecte
     let pushed = llen(&cluster, "history");
     wait_pushed_past(&cluster, "history", pushed + 50);
     let report = checker_report(checker, stdin);
-    assert_history(&cluster, "history", &report);
+    cluster.assert_history("history", &report);
     cluster.stop(Host::B).unwrap();
     let violations = audit::violations(&cluster.release_records().unwrap());
     assert!(violations.is_empty(), "{violations:#?}");

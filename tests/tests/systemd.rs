@@ -215,9 +215,7 @@ fn each_daemon_says_ready_status_and_feeds_the_watchdog_only_while_its_work_loop
         unreachable!()
     };
     let start = Instant::now();
-    cluster.start_arbiter().unwrap();
-    cluster.start_backup(Host::B).unwrap();
-    cluster.start_primary(Host::A).unwrap();
+    cluster.start_pair().unwrap();
 
     for (socket, who, status) in [
         (arbiter, "arbiter", "STATUS=generation 1 owner a"),

@@ -176,9 +176,7 @@ struct Join {
 /// times; each joins the primary by state transfer.
 fn measure_joins() -> Result<Vec<Join>> {
     let mut cluster = Cluster::new("bj")?.without_release_records();
-    cluster.start_arbiter()?;
-    cluster.start_backup(Host::B)?;
-    cluster.start_primary(Host::A)?;
+    cluster.start_pair()?;
     let (keys, size) = (JOIN_KEYS.to_string(), JOIN_VALUE_BYTES.to_string());
     let fill = cluster.spawn_benchmark(&[
         "-t", "set", "-n", &keys, "-r", &keys, "-d", &size, "-P", "16", "-c", "10", "-q",
@@ -268,9 +266,7 @@ fn start(setup: Setup) -> Result<Service> {
         Setup::Xdp => Service::Single(Guest::behind_xdp("bench", &[])?, None),
         Setup::Ft => {
             let mut cluster = Cluster::new("bf")?.without_release_records();
-            cluster.start_arbiter()?;
-            cluster.start_backup(Host::B)?;
-            cluster.start_primary(Host::A)?;
+            cluster.start_pair()?;
             Service::Pair(Box::new(cluster))
         }
     })

@@ -279,30 +279,11 @@ impl Releaser {
                 return end;
             }
             self.follow_join(mode, lease);
-            let (authority, via) = match &*mode {
-                Mode::Protected(link) | Mode::Joining(link) => {
-                    let acked = link.link().acked_seq();
-                    let status = &self.control.status;
-                    status.acked.store(acked.unwrap_or(0), Ordering::Relaxed);
-                    (
-                        Authority::Backup {
-                            acked,
-                            heard_at: link.link().last_heard(),
-                            silence: self.silence,
-                        },
-                        Via::Ack,
-                    )
-                }
-                Mode::Alone => (
-                    Authority::Lease {
-                        valid_until: lease.valid_until(),
-                        // Read under the gate's lock, in `release_below`.
-                        before_seq: u64::MAX,
-                    },
-                    Via::Lease,
-                ),
-            };
-            let (released, waiting_for, closed) = self.release_below(authority, via);
+            if let Some(link) = mode.link() {
+                let acked = link.link().acked_seq().unwrap_or(0);
+                self.control.status.acked.store(acked, Ordering::Relaxed);
+            }
+            let (released, waiting_for, closed) = self.release_allowed(mode, lease);
             if let (Some(seq), Some(link)) = (released, mode.link()) {
                 let _ = link.link().send_released(seq);
             }
@@ -432,26 +413,41 @@ impl Releaser {
         end
     }
 
-    /// Sends every held frame that `authority` allows; returns the last
-    /// seq released, the first seq still held, and whether the gate is
-    /// closed.
-    fn release_below(
-        &mut self,
-        authority: Authority,
-        via: Via,
-    ) -> (Option<u64>, Option<u64>, bool) {
-        let mut ready = Vec::new();
-        let (waiting_for, closed, held, was_full) = {
-            let mut queue = self.gate.lock();
-            // Read under the gate's lock: an output after a joining
-            // backup's snapshot point is only queued once the point is set.
-            let authority = match authority {
-                Authority::Lease { valid_until, .. } => Authority::Lease {
-                    valid_until,
+    /// What lets this node release now, and how the record will say so.
+    /// Judged under the gate's lock: an output after a joining backup's
+    /// snapshot point is only queued once the point is set.
+    fn authority(&self, mode: &Mode, lease: &LeaseKeeper) -> (Authority, Via) {
+        match mode.link() {
+            Some(link) => (
+                Authority::Backup {
+                    acked: link.link().acked_seq(),
+                    heard_at: link.link().last_heard(),
+                    silence: self.silence,
+                },
+                Via::Ack,
+            ),
+            None => (
+                Authority::Lease {
+                    valid_until: lease.valid_until(),
                     before_seq: self.protection.lease_below(),
                 },
-                backup => backup,
-            };
+                Via::Lease,
+            ),
+        }
+    }
+
+    /// Sends every held frame the node's authority allows; returns the
+    /// last seq released, the first seq still held, and whether the gate
+    /// is closed.
+    fn release_allowed(
+        &mut self,
+        mode: &Mode,
+        lease: &LeaseKeeper,
+    ) -> (Option<u64>, Option<u64>, bool) {
+        let mut ready = Vec::new();
+        let (waiting_for, closed, held, was_full, via) = {
+            let mut queue = self.gate.lock();
+            let (authority, via) = self.authority(mode, lease);
             let below = releasable_below(authority, Instant::now());
             let was_full = queue.held.len() >= self.gate.max_held;
             while queue.held.front().is_some_and(|h| h.seq < below) {
@@ -462,6 +458,7 @@ impl Releaser {
                 queue.closed,
                 queue.held.len(),
                 was_full,
+                via,
             )
         };
         // Only a full gate has a vCPU waiting on it: no wake-up otherwise.

@@ -3,28 +3,27 @@
 //! all as this process (node name plus incarnation).
 
 use anyhow::{Context, Result};
-use arbiter::protocol::ProtocolError;
 use arbiter::{
-    ArbiterClient, ArbiterError, ArbiterState, ClaimOutcome, Claimant, ErrorCode, RenewOutcome,
+    AnyArbiter, Arbiter, ArbiterAddress, ArbiterError, ArbiterState, ClaimOutcome, Claimant,
+    RenewOutcome,
 };
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub struct Arbitration {
-    addr: SocketAddr,
+    address: ArbiterAddress,
     node: String,
     incarnation: u64,
     /// Bounds every call, connecting included.
     call_timeout: Duration,
     /// Kept between calls: renewals come at heartbeat rate.
-    client: Option<ArbiterClient>,
+    client: Option<AnyArbiter>,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Arbitration {
     pub fn new(
-        addr: SocketAddr,
+        address: &ArbiterAddress,
         node: &str,
         incarnation: u64,
         call_timeout: Duration,
@@ -34,7 +33,7 @@ impl Arbitration {
             .build()
             .context("start the arbiter client runtime")?;
         Ok(Arbitration {
-            addr,
+            address: address.clone(),
             node: node.to_string(),
             incarnation,
             call_timeout,
@@ -46,37 +45,39 @@ impl Arbitration {
     /// Another client of the same arbiter as the same process, with a
     /// connection of its own (for a thread of its own).
     pub fn another(&self) -> Result<Self> {
-        Arbitration::new(self.addr, &self.node, self.incarnation, self.call_timeout)
+        Arbitration::new(
+            &self.address,
+            &self.node,
+            self.incarnation,
+            self.call_timeout,
+        )
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    pub fn address(&self) -> &ArbiterAddress {
+        &self.address
     }
 
-    /// One call on the kept connection (opened first if needed); a failed
-    /// call drops it, so the next one starts afresh.
+    /// One call on the kept client (connected first if needed).
     fn call<T>(
         &mut self,
-        f: impl AsyncFnOnce(&mut ArbiterClient, &Claimant<'_>) -> Result<T, ArbiterError>,
+        f: impl AsyncFnOnce(&mut AnyArbiter, &Claimant<'_>) -> Result<T, ArbiterError>,
     ) -> Result<T, ArbiterError> {
         let who = Claimant {
             node: &self.node,
             incarnation: self.incarnation,
         };
-        let (addr, call_timeout) = (self.addr, self.call_timeout);
+        let (address, call_timeout) = (&self.address, self.call_timeout);
         let mut client = self.client.take();
         let result = self.runtime.block_on(async {
             let client = match &mut client {
                 Some(client) => client,
-                None => {
-                    client.insert(ArbiterClient::connect_with_timeout(addr, call_timeout).await?)
-                }
+                None => client.insert(AnyArbiter::connect(address, call_timeout).await?),
             };
             f(client, &who).await
         });
-        if result.is_ok() {
-            self.client = client;
-        }
+        // Kept also after a failure: each client recovers on its own (a
+        // new connection, or the next etcd member).
+        self.client = client;
         result
     }
 
@@ -112,7 +113,9 @@ impl Arbitration {
         stop: &AtomicBool,
         deadline: Option<Instant>,
     ) -> Result<ClaimOutcome> {
-        let what = |addr| format!("claim generation {} at the arbiter {addr}", expected + 1);
+        let what = |address: &ArbiterAddress| {
+            format!("claim generation {} at the arbiter {address}", expected + 1)
+        };
         loop {
             // Asking the arbiter is the node's work while it claims.
             service::beat();
@@ -122,28 +125,12 @@ impl Arbitration {
                     tracing::info!(node = %self.node, expected, ?outcome, "arbiter answered");
                     return Ok(outcome);
                 }
-                Err(e) if worth_retrying(&e) && in_time && !stop.load(Ordering::Relaxed) => {
-                    tracing::warn!("{}: {e}; asking again", what(self.addr));
+                Err(e) if e.may_pass_if_retried() && in_time && !stop.load(Ordering::Relaxed) => {
+                    tracing::warn!("{}: {e}; asking again", what(&self.address));
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                Err(e) => return Err(e).with_context(|| what(self.addr)),
+                Err(e) => return Err(e).with_context(|| what(&self.address)),
             }
         }
-    }
-}
-
-/// Unreachable, slow or busy arbiters may answer later; a refused request
-/// or an answer that is not the protocol will be the same next time.
-pub fn worth_retrying(error: &ArbiterError) -> bool {
-    match error {
-        ArbiterError::Refused { code, .. } => {
-            matches!(code, ErrorCode::Busy | ErrorCode::StoreFailed)
-        }
-        ArbiterError::UnexpectedResponse(_) => false,
-        ArbiterError::Protocol(e) => matches!(
-            e,
-            ProtocolError::Io(_) | ProtocolError::Truncated { .. } | ProtocolError::Timeout
-        ),
-        ArbiterError::Resolve(_) | ArbiterError::Connect { .. } | ArbiterError::Timeout(_) => true,
     }
 }

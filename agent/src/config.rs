@@ -3,6 +3,7 @@
 
 use crate::role::{check_timing, Bounds};
 use anyhow::{bail, Context, Result};
+use arbiter::ArbiterAddress;
 use ftlog::GuestConfig;
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -82,9 +83,11 @@ impl GuestArgs {
 /// whenever the group is used.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ReplicationArgs {
-    /// The arbiter (test-and-set service) that decides who may serve.
+    /// The arbiter that decides who may serve: `HOST:PORT` of the embedded
+    /// arbiter, or `etcd://HOST:PORT[,HOST:PORT…]/PREFIX` of an etcd
+    /// cluster (the pair's record lives under `/PREFIX/`).
     #[arg(long, required = false)]
-    pub arbiter: SocketAddr,
+    pub arbiter: ArbiterAddress,
     /// This node's name at the arbiter (letters, digits, `.`, `_`, `:`, `-`).
     #[arg(long, required = false, value_parser = parse_node)]
     pub node: String,
@@ -148,7 +151,7 @@ impl ReplicationArgs {
 
     /// This node's client of the arbiter, as process `incarnation`.
     pub fn arbitration(&self, incarnation: u64) -> Result<crate::arbitration::Arbitration> {
-        crate::arbitration::Arbitration::new(self.arbiter, &self.node, incarnation, self.silence())
+        crate::arbitration::Arbitration::new(&self.arbiter, &self.node, incarnation, self.silence())
     }
 
     /// Refuses timing that would declare a healthy peer dead.

@@ -7,7 +7,7 @@
 //! holds other claims off at the arbiter: a protected primary's backup must
 //! be able to take over the moment the primary is lost.
 
-use crate::arbitration::{worth_retrying, Arbitration};
+use crate::arbitration::Arbitration;
 use crate::role::lease_end;
 use crate::serve::ReleaserEnd;
 use crate::status::Status;
@@ -161,17 +161,20 @@ fn renew_until_stopped(shared: &Shared, mut renewal: Renewal) {
                 state.ended = Some(ReleaserEnd::Deposed { generation, owner });
                 return;
             }
-            Err(e) if worth_retrying(&e) => {
+            Err(e) if e.may_pass_if_retried() => {
                 tracing::warn!("renewing the lease: {e}");
                 if alone && expired {
                     renewal.status.set_alarm(&format!(
                         "lease expired, releasing nothing: cannot renew at {}: {e}",
-                        renewal.arbitration.addr()
+                        renewal.arbitration.address()
                     ));
                 }
             }
             Err(e) => {
-                let why = format!("renewing the lease at {}: {e}", renewal.arbitration.addr());
+                let why = format!(
+                    "renewing the lease at {}: {e}",
+                    renewal.arbitration.address()
+                );
                 state.ended = Some(ReleaserEnd::Halted(why));
                 return;
             }

@@ -6,7 +6,7 @@ use agent::arbitration::Arbitration;
 use agent::lease::{LeaseKeeper, Renewal};
 use agent::serve::ReleaserEnd;
 use agent::status::Status;
-use arbiter::{ArbiterClient, ClaimOutcome, Claimant, Server, ServerConfig};
+use arbiter::{ArbiterAddress, ArbiterClient, ClaimOutcome, Claimant, Server, ServerConfig};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -42,8 +42,13 @@ fn claim(addr: SocketAddr, who: &Claimant, expected: u64) -> u64 {
 
 fn keeper(addr: SocketAddr, who: &Claimant, generation: u64, alone: bool) -> LeaseKeeper {
     let renewal = Renewal {
-        arbitration: Arbitration::new(addr, who.node, who.incarnation, Duration::from_secs(2))
-            .unwrap(),
+        arbitration: Arbitration::new(
+            &ArbiterAddress::Embedded(addr.to_string()),
+            who.node,
+            who.incarnation,
+            Duration::from_secs(2),
+        )
+        .unwrap(),
         lease: Duration::from_millis(800),
         every: Duration::from_millis(20),
         status: Status::new(who.node, None),

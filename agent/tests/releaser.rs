@@ -12,6 +12,7 @@ use agent::role::Role;
 use agent::serve::{OutputGate, Releaser, ReleaserEnd, RoleControl};
 use agent::status::Status;
 use arbiter::protocol::{read_frame, write_frame, ErrorCode, Request, Response};
+use arbiter::ArbiterAddress;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::sync_channel;
@@ -88,7 +89,13 @@ fn serve_alone(answer: fn(&Request) -> Response) -> Run {
             send_errors: 0,
             status: status.clone(),
         },
-        arbitration: Arbitration::new(addr, "a", 5, Duration::from_secs(2)).unwrap(),
+        arbitration: Arbitration::new(
+            &ArbiterAddress::Embedded(addr.to_string()),
+            "a",
+            5,
+            Duration::from_secs(2),
+        )
+        .unwrap(),
         generation: 2,
         silence: Duration::from_millis(500),
         renew_every: Duration::from_millis(20),

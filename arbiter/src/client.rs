@@ -15,8 +15,8 @@ use tracing::debug;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A place that decides which node may serve. Implemented by
-/// [`ArbiterClient`] (TCP); another backend (e.g. etcd) can implement it
-/// with the same semantics: `claim` is a test-and-set from
+/// [`ArbiterClient`] (the embedded arbiter, over TCP) and
+/// [`crate::EtcdArbiter`], with the same semantics: `claim` is a test-and-set from
 /// `expected_generation` to `expected_generation + 1` (held off with
 /// `Busy` while another incarnation's lease runs), a repeated winning claim
 /// of the same incarnation is granted again, `renew` extends the owner's
@@ -60,9 +60,50 @@ pub enum ArbiterError {
     UnexpectedResponse(Response),
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("the etcd key {key} does not hold an arbiter record: {reason}")]
+    BadRecord { key: String, reason: String },
 }
 
 impl ArbiterError {
+    /// Whether asking again may get another answer: an unreachable, slow
+    /// or busy arbiter may answer later; a refused request, an answer that
+    /// is not the protocol or a record that is not ours will be the same
+    /// next time.
+    pub fn may_pass_if_retried(&self) -> bool {
+        match self {
+            ArbiterError::Refused { code, .. } => {
+                matches!(code, ErrorCode::Busy | ErrorCode::StoreFailed)
+            }
+            ArbiterError::UnexpectedResponse(_) | ArbiterError::BadRecord { .. } => false,
+            ArbiterError::Protocol(e) => matches!(
+                e,
+                ProtocolError::Io(_) | ProtocolError::Truncated { .. } | ProtocolError::Timeout
+            ),
+            ArbiterError::Resolve(_) | ArbiterError::Connect { .. } | ArbiterError::Timeout(_) => {
+                true
+            }
+            ArbiterError::Etcd(e) => match e {
+                // Anything but a request etcd judged wrong: no leader, a
+                // leader change, a member going away, a request timed out.
+                etcd_client::Error::GRpcStatus(status) => !matches!(
+                    status.code(),
+                    tonic::Code::InvalidArgument
+                        | tonic::Code::NotFound
+                        | tonic::Code::AlreadyExists
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::FailedPrecondition
+                        | tonic::Code::OutOfRange
+                        | tonic::Code::Unimplemented
+                        | tonic::Code::Unauthenticated
+                ),
+                etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+                _ => false,
+            },
+        }
+    }
+
     /// The connection died under us: likely an idle connection the arbiter
     /// closed, or an arbiter restart. Worth one retry on a new connection.
     fn is_connection_lost(&self) -> bool {

@@ -2,6 +2,11 @@
 //! grows, asked by primary and backup before either acts alone, so that of
 //! two nodes that lost contact exactly one serves.
 //!
+//! Two backends implement [`Arbiter`] with the semantics below: the
+//! embedded server of this crate ([`ArbiterClient`] over TCP), and an etcd
+//! cluster ([`EtcdArbiter`]; see its module). [`ArbiterAddress`] is what
+//! an operator writes to pick one.
+//!
 //! # Semantics
 //!
 //! State: `{generation: u64, owner: Option<(node, incarnation)>}`, initially
@@ -80,15 +85,19 @@
 //! stops granting and [`Server::run`] returns, so that a restart reloads
 //! the file.
 
+mod backend;
 mod client;
+mod etcd;
 mod ledger;
 pub mod protocol;
 mod server;
 mod state;
 mod store;
 
+pub use backend::{AddressError, AnyArbiter, ArbiterAddress, EtcdTarget};
 pub use client::{Arbiter, ArbiterClient, ArbiterError, DEFAULT_TIMEOUT};
+pub use etcd::EtcdArbiter;
 pub use protocol::ErrorCode;
-pub use server::{serve, ServeError, Server, ServerConfig};
+pub use server::{serve, ServeError, Server, ServerConfig, DEFAULT_MAX_LEASE};
 pub use state::{new_incarnation, ArbiterState, ClaimOutcome, Claimant, RenewOutcome};
 pub use store::StoreError;

@@ -1,8 +1,12 @@
 //! `arbiter --listen ADDR --state FILE`: the server.
-//! `arbiter query|claim|release --connect ADDR ...`: a client for operators and scripts.
+//! `arbiter query|claim|release --connect ADDRESS ...`: a client for
+//! operators and scripts, of this server or of an etcd-backed record.
 
 use anyhow::{Context, Result};
-use arbiter::{ArbiterClient, ClaimOutcome, Claimant, Server, ServerConfig, DEFAULT_TIMEOUT};
+use arbiter::{
+    AnyArbiter, Arbiter, ArbiterAddress, ClaimOutcome, Claimant, Server, ServerConfig,
+    DEFAULT_TIMEOUT,
+};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -114,9 +118,10 @@ enum Command {
 
 #[derive(Args)]
 struct ClientArgs {
-    /// Arbiter address, e.g. 198.18.0.4:7700.
+    /// The arbiter: `HOST:PORT` of this server, or
+    /// `etcd://HOST:PORT[,HOST:PORT…]/PREFIX` of an etcd-backed record.
     #[arg(long)]
-    connect: String,
+    connect: ArbiterAddress,
     #[arg(long, default_value_t = millis(DEFAULT_TIMEOUT))]
     timeout_ms: u64,
 }
@@ -202,8 +207,8 @@ async fn run_server(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-async fn connect(args: &ClientArgs) -> Result<ArbiterClient> {
-    ArbiterClient::connect_with_timeout(&args.connect, Duration::from_millis(args.timeout_ms))
+async fn connect(args: &ClientArgs) -> Result<AnyArbiter> {
+    AnyArbiter::connect(&args.connect, Duration::from_millis(args.timeout_ms))
         .await
         .with_context(|| format!("cannot reach the arbiter at {}", args.connect))
 }

@@ -26,6 +26,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
 
+/// The longest lease granted to a node serving alone, unless configured.
+pub const DEFAULT_MAX_LEASE: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub state_path: PathBuf,
@@ -53,7 +56,7 @@ impl ServerConfig {
             io_timeout: Duration::from_secs(5),
             max_connection_time: Duration::from_secs(600),
             max_connections: 128,
-            max_lease: Duration::from_secs(2),
+            max_lease: DEFAULT_MAX_LEASE,
         }
     }
 }

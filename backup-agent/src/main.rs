@@ -30,7 +30,7 @@ use agent::role::{after_backup_denial, holding_claim, BackupVerdict, Role};
 use agent::serve::{finish_serving, OutputGate, Releaser, RoleControl, EXIT_DEPOSED};
 use agent::status::Status;
 use anyhow::{Context, Result};
-use arbiter::{ClaimOutcome, Claimant};
+use arbiter::{ArbiterAddress, ClaimOutcome, Claimant};
 use clap::Parser;
 use logchannel::{BackupListener, Hello, Verify};
 use source::{ChannelSource, Session, Unreleased};
@@ -103,7 +103,7 @@ fn run(args: Args) -> Result<ExitCode> {
         args.listen,
         hello.clone(),
         args.replication.channel_config(),
-        verify_with(args.replication.arbiter),
+        verify_with(args.replication.arbiter.clone()),
     )
     .with_context(|| format!("listen for the primary on {}", args.listen))?;
     status.set_role(Role::Backup);
@@ -208,18 +208,19 @@ fn run(args: Args) -> Result<ExitCode> {
 
 /// The backup's check of a primary's claimed generation: the arbiter's
 /// record must name exactly that primary process at that generation.
-fn verify_with(arbiter_addr: SocketAddr) -> Verify {
+fn verify_with(arbiter: ArbiterAddress) -> Verify {
     Arc::new(move |hello: &Hello, generation: u64| {
         let (node, incarnation) = (hello.node.clone(), hello.incarnation);
+        let arbiter = arbiter.clone();
         // A thread of its own: the caller is a blocking thread of the
         // channel's runtime, where another runtime cannot block.
         std::thread::spawn(move || {
             let mut arbitration =
-                Arbitration::new(arbiter_addr, &node, incarnation, Duration::from_secs(2))
+                Arbitration::new(&arbiter, &node, incarnation, Duration::from_secs(2))
                     .map_err(|e| format!("{e:#}"))?;
             let record = arbitration
                 .record()
-                .map_err(|e| format!("cannot ask the arbiter at {arbiter_addr}: {e}"))?;
+                .map_err(|e| format!("cannot ask the arbiter at {arbiter}: {e}"))?;
             if record.generation == generation
                 && record.owner.as_deref() == Some(node.as_str())
                 && record.incarnation == incarnation

@@ -6,6 +6,7 @@
 use agent::arbitration::Arbitration;
 use agent::status::StatusReport;
 use anyhow::{Context, Result};
+use arbiter::ArbiterAddress;
 use clap::{Parser, Subcommand};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -32,7 +33,7 @@ struct StatusArgs {
     nodes: Vec<SocketAddr>,
     /// The arbiter, whose record is shown above the nodes.
     #[arg(long)]
-    arbiter: Option<SocketAddr>,
+    arbiter: Option<ArbiterAddress>,
     /// Redraw every second until interrupted.
     #[arg(long)]
     watch: bool,
@@ -87,7 +88,7 @@ fn status(args: &StatusArgs) -> Result<bool> {
 fn view(args: &StatusArgs) -> (String, bool) {
     let mut text = String::new();
     let mut all_well = true;
-    if let Some(arbiter) = args.arbiter {
+    if let Some(arbiter) = &args.arbiter {
         let line = match arbiter_record(arbiter) {
             Ok(line) => line,
             Err(e) => {
@@ -159,8 +160,8 @@ fn node_status(addr: SocketAddr) -> Result<StatusReport> {
     serde_json::from_str(&body).context("parse /status")
 }
 
-fn arbiter_record(addr: SocketAddr) -> Result<String> {
-    let mut arbitration = Arbitration::new(addr, "ftctl", 0, TIMEOUT)?;
+fn arbiter_record(arbiter: &ArbiterAddress) -> Result<String> {
+    let mut arbitration = Arbitration::new(arbiter, "ftctl", 0, TIMEOUT)?;
     let record = arbitration.record()?;
     Ok(format!(
         "generation {}, owner {}",

@@ -25,6 +25,7 @@
 //! namespaces, files) is removed on drop, also on panic.
 
 use crate::audit::Record;
+use crate::etcd::EtcdCluster;
 use crate::l2::PacketSocket;
 use crate::{
     benchmark_command, binary, guest_image, run, wait_for, Netns, Process, ScratchDir, Summary,
@@ -44,6 +45,8 @@ use std::time::{Duration, Instant};
 /// Where the arbiter listens (in `arb`).
 const ARBITER_ADDR: &str = "198.18.0.20:7700";
 const ARBITER_CIDR: &str = "198.18.0.20/24";
+/// The members of the etcd cluster, under [`Cluster::with_etcd`].
+const ETCD_CIDRS: [&str; 3] = ["198.18.0.21/24", "198.18.0.22/24", "198.18.0.23/24"];
 const CLIENT_CIDR: &str = "198.18.0.1/24";
 const STRAY_CIDR: &str = "198.18.0.13/24";
 /// The backup's log channel port, on its `repl` address.
@@ -229,12 +232,34 @@ impl Drop for ServiceWatch {
     }
 }
 
+/// ft-checker pushing one list on one connection while a test does harm.
+pub struct OpenChecker {
+    process: Process,
+    stdin: std::io::PipeWriter,
+}
+
+impl OpenChecker {
+    /// Ends the checker; its report must show nothing lost or duplicated
+    /// on one connection.
+    pub fn finish(self) -> Summary {
+        drop(self.stdin);
+        let out = self
+            .process
+            .wait_with_output(Duration::from_secs(120))
+            .expect("ft-checker ends");
+        crate::assert_clean_history(&out)
+    }
+}
+
 /// The topology, the arbiter and up to one agent per host.
 pub struct Cluster {
     // Drop order is declaration order: the processes go before the
     // scratch directory and the namespaces they live in.
     nodes: [Option<Process>; 2],
     arbiter: Option<Process>,
+    /// Under [`Cluster::with_etcd`], the arbiter's record lives here
+    /// instead, and the `arbiter` process never runs.
+    etcd: Option<EtcdCluster>,
     /// The command lines of the latest agent on each host and of the
     /// arbiter, as `command_line` renders them.
     node_commands: [Option<String>; 2],
@@ -261,6 +286,7 @@ pub struct Cluster {
     service_manager: Option<Duration>,
     /// Daemons started from now on read their options from a file.
     config_files: bool,
+    tag: String,
 }
 
 impl Cluster {
@@ -303,6 +329,7 @@ impl Cluster {
         Ok(Cluster {
             nodes: [None, None],
             arbiter: None,
+            etcd: None,
             node_commands: [None, None],
             arbiter_command: None,
             node_logs: [None, None],
@@ -318,7 +345,39 @@ impl Cluster {
             record_releases: true,
             service_manager: None,
             config_files: false,
+            tag: tag.to_string(),
         })
+    }
+
+    /// The arbiter is a 3-member etcd cluster on the LAN (198.18.0.21–23)
+    /// instead of the `arbiter` process: the agents get
+    /// `--arbiter etcd://…/ftvm/TAG`, and `start_arbiter`, `kill_arbiter`
+    /// and `arbiter_state` act on it.
+    pub fn with_etcd(mut self) -> Result<Cluster> {
+        let etcd = EtcdCluster::new(&self.tag, &self.sw, "pe", &ETCD_CIDRS, self.scratch.path())?;
+        self.logs.extend(etcd.logs());
+        self.etcd = Some(etcd);
+        Ok(self)
+    }
+
+    /// The etcd cluster, under [`Cluster::with_etcd`].
+    pub fn etcd(&mut self) -> Result<&mut EtcdCluster> {
+        self.etcd
+            .as_mut()
+            .context("this cluster's arbiter is not etcd")
+    }
+
+    /// The key prefix of the pair's record in etcd.
+    pub fn etcd_prefix(&self) -> String {
+        format!("/ftvm/{}", self.tag)
+    }
+
+    /// The agents' `--arbiter`.
+    pub fn arbiter_address(&self) -> String {
+        match &self.etcd {
+            Some(etcd) => format!("etcd://{}{}", etcd.client_addrs(), self.etcd_prefix()),
+            None => ARBITER_ADDR.to_string(),
+        }
     }
 
     /// Daemons started from now on talk to a service manager: each gets
@@ -409,6 +468,13 @@ impl Cluster {
     /// Starts the arbiter on its state file (created at generation 0 the
     /// first time) and waits until it answers.
     pub fn start_arbiter(&mut self) -> Result<()> {
+        if let Some(etcd) = &mut self.etcd {
+            etcd.start()?;
+            return wait_for("the record in etcd to answer", START_LIMIT, || {
+                self.arbiter_state().map(Some)
+            })
+            .map(drop);
+        }
         ensure!(self.arbiter.is_none(), "the arbiter is already running");
         let log = self.scratch.path().join("arbiter.log");
         let file = OpenOptions::new()
@@ -448,7 +514,8 @@ impl Cluster {
 
     pub fn arbiter_state(&self) -> Result<ArbiterState> {
         let mut cmd = self.arb.command(binary("arbiter"));
-        cmd.args(["query", "--connect", ARBITER_ADDR, "--timeout-ms", "2000"]);
+        cmd.args(["query", "--connect", &self.arbiter_address()])
+            .args(["--timeout-ms", "2000"]);
         let out = run(&mut cmd)?;
         let summary = Summary::parse(&String::from_utf8_lossy(&out.stdout));
         Ok(ArbiterState {
@@ -463,14 +530,29 @@ impl Cluster {
         let (subcommand, rest) = args.split_first().context("no subcommand")?;
         let mut cmd = self.arb.command(binary("arbiter"));
         cmd.arg(subcommand)
-            .args(["--connect", ARBITER_ADDR])
+            .args(["--connect", &self.arbiter_address()])
             .args(rest);
         cmd.output().with_context(|| format!("run {cmd:?}"))
     }
 
     /// Every generation the arbiter granted (repeats of a winning claim
     /// excluded), in the order of its log, across restarts.
+    ///
+    /// Under [`Cluster::with_etcd`], every record etcd held that names an
+    /// owner, from its revision history.
     pub fn arbiter_grants(&self) -> Result<Vec<u64>> {
+        if let Some(etcd) = &self.etcd {
+            let key = format!("{}/record", self.etcd_prefix());
+            let mut grants = Vec::new();
+            for value in etcd.history(&key)? {
+                let record: serde_json::Value = serde_json::from_str(&value)
+                    .with_context(|| format!("parse the record {value:?}"))?;
+                if !record["owner"].is_null() {
+                    grants.push(record["generation"].as_u64().context("a generation")?);
+                }
+            }
+            return Ok(grants);
+        }
         let path = self.scratch.path().join("arbiter.log");
         let log =
             std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
@@ -575,7 +657,7 @@ impl Cluster {
             ("--xdp", "eth0"),
             ("--ip", ip.as_str()),
             ("--mac", GUEST_MAC),
-            ("--arbiter", ARBITER_ADDR),
+            ("--arbiter", &self.arbiter_address()),
             ("--node", node),
             ("--silence-ms", SILENCE_MS),
             ("--admin", &host.admin_addr()),
@@ -766,7 +848,7 @@ impl Cluster {
             .arg("--guest")
             .arg(guest_image())
             .args(["--xdp", "eth0", "--ip", &format!("{GUEST_IP}/24")])
-            .args(["--mac", GUEST_MAC, "--arbiter", ARBITER_ADDR])
+            .args(["--mac", GUEST_MAC, "--arbiter", &self.arbiter_address()])
             .args(["--node", node, "--silence-ms", SILENCE_MS])
             .args([
                 "--backup",
@@ -923,6 +1005,17 @@ impl Cluster {
         })
     }
 
+    /// `ftctl status` from the client, with the arbiter's record and both
+    /// hosts' admin addresses.
+    pub fn ftctl_status(&self, extra: &[&str]) -> Result<Output> {
+        let mut cmd = self.client.command(binary("ftctl"));
+        cmd.arg("status")
+            .args(["--arbiter", &self.arbiter_address()])
+            .args(extra)
+            .args([Host::A.admin_addr(), Host::B.admin_addr()]);
+        cmd.output().with_context(|| format!("run {cmd:?}"))
+    }
+
     /// `redis-cli` against the service from the client; trimmed output.
     pub fn redis(&self, args: &[&str]) -> Result<String> {
         crate::redis_cli(&self.client, args)
@@ -944,6 +1037,26 @@ impl Cluster {
     /// its `key=value` report is on stdout.
     pub fn spawn_checker(&self, key: &str, args: &[&str]) -> Result<Process> {
         Process::spawn(self.checker_command(key, args), "ft-checker")
+    }
+
+    /// ft-checker pushing `key` on one connection until
+    /// [`OpenChecker::finish`].
+    pub fn start_open_checker(&self, key: &str) -> Result<OpenChecker> {
+        let mut cmd = self.checker_command(key, &["--until-stdin-closes", "--pause-ms", "2"]);
+        let (stdin, writer) = std::io::pipe().context("a pipe for ft-checker's stdin")?;
+        cmd.stdin(stdin).stderr(Stdio::inherit());
+        Ok(OpenChecker {
+            process: Process::spawn(cmd, "ft-checker")?,
+            stdin: writer,
+        })
+    }
+
+    /// Waits until `key` holds more than `count` values: the service
+    /// answers.
+    pub fn wait_pushed_past(&self, key: &str, count: u64) -> Result<()> {
+        wait_for("the checker to push", Duration::from_secs(30), || {
+            Ok((self.llen(key).unwrap_or(0) > count).then_some(()))
+        })
     }
 
     /// The command `spawn_checker` runs, to adjust before spawning it.
@@ -1008,8 +1121,12 @@ impl Cluster {
     }
 
     /// SIGKILL to the arbiter, by pid; `start_arbiter` brings it back on
-    /// the same state file.
+    /// the same state file. Under [`Cluster::with_etcd`], to every etcd
+    /// member, which come back on their data directories.
     pub fn kill_arbiter(&mut self) -> Result<()> {
+        if let Some(etcd) = &mut self.etcd {
+            return etcd.kill();
+        }
         let arbiter = self.arbiter.take().context("no arbiter is running")?;
         arbiter.signal(libc::SIGKILL)?;
         arbiter.wait_with_output(Duration::from_secs(10))?;
@@ -1137,6 +1254,9 @@ impl Drop for Cluster {
             drop(node.take());
         }
         drop(self.arbiter.take());
+        if let Some(etcd) = &mut self.etcd {
+            let _ = etcd.kill();
+        }
         if std::thread::panicking() {
             for log in &self.logs {
                 let text = std::fs::read_to_string(log).unwrap_or_default();

@@ -10,6 +10,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod demo;
 pub mod elf;
+pub mod etcd;
 pub mod l2;
 
 use anyhow::{bail, Context, Result};

@@ -27,9 +27,24 @@ fn exclusive() -> MutexGuard<'static, ()> {
 
 const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
 
+/// Which arbiter decides: the tests of the arbiter's part run on both.
+#[derive(Clone, Copy)]
+enum Backend {
+    Embedded,
+    /// A 3-member etcd cluster (`--arbiter etcd://…`).
+    Etcd,
+}
+
 /// The arbiter, a backup on host-b and its primary on host-a, answering.
 fn replicated_pair(tag: &str) -> Cluster {
+    replicated_pair_on(tag, Backend::Embedded)
+}
+
+fn replicated_pair_on(tag: &str, backend: Backend) -> Cluster {
     let mut cluster = Cluster::new(tag).expect("build the topology");
+    if let Backend::Etcd = backend {
+        cluster = cluster.with_etcd().expect("add an etcd cluster");
+    }
     cluster.start_pair().expect("start the pair");
     cluster
 }
@@ -159,8 +174,18 @@ fn kill_9_of_the_primary_mid_history_the_backup_continues_the_same_connection() 
 
 #[test]
 fn cutting_the_log_channel_leaves_exactly_one_side_serving() {
+    both_sides_claim_and_exactly_one_serves("fp", Backend::Embedded);
+}
+
+#[test]
+fn cutting_the_log_channel_leaves_exactly_one_side_serving_with_etcd() {
+    both_sides_claim_and_exactly_one_serves("ep", Backend::Etcd);
+}
+
+/// Cut off from each other, both agents claim the next generation at once.
+fn both_sides_claim_and_exactly_one_serves(tag: &str, backend: Backend) {
     let _one = exclusive();
-    let mut cluster = replicated_pair("fp");
+    let mut cluster = replicated_pair_on(tag, backend);
     let before = cluster.arbiter_state().unwrap();
     let watch = cluster.watch_service().unwrap();
     let checker = start_history(&cluster, "partition", 200);
@@ -266,8 +291,19 @@ fn an_isolated_primary_that_lost_the_arbiter_halts_when_it_comes_back() {
 
 #[test]
 fn generations_keep_growing_across_failovers_and_an_arbiter_restart() {
+    generations_keep_growing("fg", Backend::Embedded);
+}
+
+/// A restart of the whole etcd cluster (SIGKILL to every member) loses
+/// nothing either.
+#[test]
+fn generations_keep_growing_across_failovers_and_an_etcd_cluster_restart() {
+    generations_keep_growing("eg", Backend::Etcd);
+}
+
+fn generations_keep_growing(tag: &str, backend: Backend) {
     let _one = exclusive();
-    let mut cluster = replicated_pair("fg");
+    let mut cluster = replicated_pair_on(tag, backend);
     let first = cluster.arbiter_state().unwrap();
     assert_eq!(first.owner, "a");
     assert_eq!(cluster.redis(&["SET", "pair", "1"]).unwrap(), "OK");
@@ -279,7 +315,8 @@ fn generations_keep_growing_across_failovers_and_an_arbiter_restart() {
     assert!(second.generation > first.generation, "{second:?}");
     assert_eq!(second.owner, "b");
 
-    // The arbiter dies and comes back on the same state file.
+    // The arbiter dies and comes back on the same state file (every etcd
+    // member on its data directory).
     cluster.restart_arbiter().unwrap();
     assert_eq!(cluster.arbiter_state().unwrap(), second);
 
@@ -301,6 +338,11 @@ fn generations_keep_growing_across_failovers_and_an_arbiter_restart() {
     assert_eq!(fourth.owner, "a");
     let live = cluster.status(Host::A).unwrap().expect("host-a status");
     assert_eq!(live.number("generation"), fourth.generation, "{live:?}");
+    // The operator's view reads the same record, from either backend.
+    let view = cluster.ftctl_status(&[]).unwrap();
+    let view = String::from_utf8_lossy(&view.stdout);
+    let record = format!("generation {}, owner a", fourth.generation);
+    assert!(view.contains(&record), "{view}");
 
     // Four claims won (two starts, two go-lives), each generation granted
     // once, across both lives of the arbiter.
@@ -314,6 +356,42 @@ fn generations_keep_growing_across_failovers_and_an_arbiter_restart() {
         ]
     );
     cluster.stop(Host::A).unwrap();
+}
+
+/// SIGKILL to the etcd leader at the moment of the primary's SIGKILL: the
+/// backup's claim waits out etcd's election and wins; nothing else
+/// changes, and the member comes back with the same record.
+#[test]
+fn killing_the_etcd_leader_during_a_failover_changes_nothing() {
+    let _one = exclusive();
+    let mut cluster = replicated_pair_on("el", Backend::Etcd);
+    let before = cluster.arbiter_state().unwrap();
+    let checker = start_history(&cluster, "member", 200);
+
+    let etcd = cluster.etcd().unwrap();
+    let leader = etcd.leader().unwrap();
+    etcd.kill_member(leader).unwrap();
+    cluster.kill(Host::A).unwrap();
+    let kill = Instant::now();
+    cluster.wait_serving(Host::B, FAILOVER_LIMIT).unwrap();
+    eprintln!(
+        "host-b serves {:?} after the kill of the primary and etcd member {leader}",
+        kill.elapsed()
+    );
+    let report = checker_report(checker);
+    cluster.assert_history("member", &report);
+    let after = cluster.arbiter_state().unwrap();
+    assert_eq!(after, next_claim(&before, Host::B));
+
+    let etcd = cluster.etcd().unwrap();
+    etcd.start_member(leader).unwrap();
+    etcd.wait_healthy().unwrap();
+    assert_eq!(cluster.arbiter_state().unwrap(), after);
+    assert_eq!(
+        cluster.arbiter_grants().unwrap(),
+        [before.generation, after.generation]
+    );
+    cluster.stop(Host::B).unwrap();
 }
 
 /// Connects to the backup's log channel port from host-a, sends `bytes`,

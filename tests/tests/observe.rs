@@ -4,7 +4,7 @@
 //! and the generation grows.
 
 use ft_tests::cluster::{Cluster, Host, NodeStatus, ARBITER_ADMIN};
-use ft_tests::{binary, require_root_and_kvm, wait_for};
+use ft_tests::{require_root_and_kvm, wait_for};
 use prometheus_parse::{Scrape, Value};
 use std::time::Duration;
 
@@ -28,15 +28,7 @@ fn sample(scrape: &Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
 
 /// `ftctl status` run from the client, with the arbiter's record.
 fn ftctl(cluster: &Cluster, extra: &[&str]) -> (String, Option<i32>) {
-    let out = cluster
-        .client
-        .command(binary("ftctl"))
-        .arg("status")
-        .args(["--arbiter", "198.18.0.20:7700"])
-        .args(extra)
-        .args([Host::A.admin_addr(), Host::B.admin_addr()])
-        .output()
-        .expect("run ftctl");
+    let out = cluster.ftctl_status(extra).expect("run ftctl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!(
         "ftctl status:\n{text}{}",

@@ -6,52 +6,19 @@
 
 use ft_tests::audit;
 use ft_tests::cluster::{Cluster, Host};
-use ft_tests::{assert_clean_history, require_root_and_kvm, wait_for, Process, Summary};
-use std::io::PipeWriter;
-use std::process::Stdio;
+use ft_tests::{require_root_and_kvm, wait_for};
 use std::time::{Duration, Instant};
 
 const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
 const JOIN_LIMIT: Duration = Duration::from_secs(60);
-
-fn llen(cluster: &Cluster, key: &str) -> u64 {
-    cluster.llen(key).unwrap_or(0)
-}
-
-/// Waits until `key` holds more than `count` values: the service answers.
-fn wait_pushed_past(cluster: &Cluster, key: &str, count: u64) {
-    wait_for("the checker to push", Duration::from_secs(30), || {
-        Ok((llen(cluster, key) > count).then_some(()))
-    })
-    .expect("the checker's values go through the live node");
-}
-
-/// ft-checker pushing `key` on one connection until its stdin closes.
-fn start_checker(cluster: &Cluster, key: &str) -> (Process, PipeWriter) {
-    let mut cmd = cluster.checker_command(key, &["--until-stdin-closes", "--pause-ms", "2"]);
-    let (stdin, writer) = std::io::pipe().expect("pipe");
-    cmd.stdin(stdin).stderr(Stdio::inherit());
-    let checker = Process::spawn(cmd, "ft-checker").expect("spawn ft-checker");
-    (checker, writer)
-}
-
-/// Ends the checker; its report must show nothing lost or duplicated on
-/// one connection.
-fn checker_report(checker: Process, stdin: PipeWriter) -> Summary {
-    drop(stdin);
-    let out = checker
-        .wait_with_output(Duration::from_secs(120))
-        .expect("ft-checker ends");
-    assert_clean_history(&out)
-}
 
 #[test]
 fn failovers_alternate_between_the_hosts_and_each_new_backup_joins_by_state_transfer() {
     require_root_and_kvm();
     let mut cluster = Cluster::new("rp").expect("build the topology");
     cluster.start_pair().unwrap();
-    let (checker, stdin) = start_checker(&cluster, "history");
-    wait_pushed_past(&cluster, "history", 100);
+    let checker = cluster.start_open_checker("history").unwrap();
+    cluster.wait_pushed_past("history", 100).unwrap();
 
     let mut primary = Host::A;
     let mut generation = cluster.arbiter_state().unwrap().generation;
@@ -65,7 +32,7 @@ fn failovers_alternate_between_the_hosts_and_each_new_backup_joins_by_state_tran
             live.node(),
             kill.elapsed()
         );
-        let pushed = llen(&cluster, "history");
+        let pushed = cluster.llen("history").unwrap_or(0);
 
         // The failed host comes back as a backup and joins the live node:
         // every other time as `agent run`, restarted as a service manager
@@ -93,7 +60,7 @@ fn failovers_alternate_between_the_hosts_and_each_new_backup_joins_by_state_tran
             .expect("the new backup's status");
         assert_eq!(backup.role(), "backup", "{backup:?}");
         // The client's values keep going through the protected pair.
-        wait_pushed_past(&cluster, "history", pushed + 50);
+        cluster.wait_pushed_past("history", pushed + 50).unwrap();
         let now = cluster.arbiter_state().unwrap();
         assert!(now.generation > generation, "{now:?} after {generation}");
         assert_eq!(now.owner, live.node(), "{now:?}");
@@ -101,7 +68,7 @@ fn failovers_alternate_between_the_hosts_and_each_new_backup_joins_by_state_tran
         primary = live;
     }
 
-    let report = checker_report(checker, stdin);
+    let report = checker.finish();
     cluster.assert_history("history", &report);
     // At a quiescent point, a clean stop: the backup that joined by state
     // transfer replays to the primary's final state, byte for byte.
@@ -133,8 +100,8 @@ fn snapshots_that_do_not_verify_are_refused_and_the_primary_serves_on_unprotecte
             ],
         )
         .unwrap();
-    let (checker, stdin) = start_checker(&cluster, "history");
-    wait_pushed_past(&cluster, "history", 100);
+    let checker = cluster.start_open_checker("history").unwrap();
+    cluster.wait_pushed_past("history", 100).unwrap();
     cluster.kill(Host::B).unwrap();
     wait_for("host-a to serve alone", FAILOVER_LIMIT, || {
         Ok(cluster
@@ -147,7 +114,7 @@ fn snapshots_that_do_not_verify_are_refused_and_the_primary_serves_on_unprotecte
         "the transferred state does not verify",
         "the snapshot is of guest image",
     ] {
-        let pushed = llen(&cluster, "history");
+        let pushed = cluster.llen("history").unwrap_or(0);
         cluster.start_backup(Host::B).unwrap();
         let out = cluster.wait_exit(Host::B, JOIN_LIMIT).unwrap();
         let backup_log = cluster.node_log(Host::B).unwrap();
@@ -174,7 +141,7 @@ fn snapshots_that_do_not_verify_are_refused_and_the_primary_serves_on_unprotecte
             "{primary_log}"
         );
         // The primary serves on.
-        wait_pushed_past(&cluster, "history", pushed + 50);
+        cluster.wait_pushed_past("history", pushed + 50).unwrap();
     }
 
     // A third backup gets a good snapshot, and the pair fails over again.
@@ -182,9 +149,9 @@ fn snapshots_that_do_not_verify_are_refused_and_the_primary_serves_on_unprotecte
     cluster.wait_joined(Host::A, JOIN_LIMIT).unwrap();
     cluster.kill(Host::A).unwrap();
     cluster.wait_serving(Host::B, FAILOVER_LIMIT).unwrap();
-    let pushed = llen(&cluster, "history");
-    wait_pushed_past(&cluster, "history", pushed + 50);
-    let report = checker_report(checker, stdin);
+    let pushed = cluster.llen("history").unwrap_or(0);
+    cluster.wait_pushed_past("history", pushed + 50).unwrap();
+    let report = checker.finish();
     cluster.assert_history("history", &report);
     cluster.stop(Host::B).unwrap();
     let violations = audit::violations(&cluster.release_records().unwrap());

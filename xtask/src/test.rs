@@ -12,6 +12,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     "nftables",
     // systemd-analyze, which verifies the unit files.
     "systemd",
+    // The real etcd cluster behind the etcd-backed arbiter's tests.
+    "etcd-server",
+    "etcd-client",
 ];
 
 pub fn test() -> Result<()> {

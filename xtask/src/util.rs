@@ -42,10 +42,15 @@ pub fn separate_workspace_build(dir: &Path, toolchain: &str) -> Command {
     cmd
 }
 
+/// Debian packages the workspace's build needs: `protoc`, which
+/// etcd-client's build script runs on etcd's gRPC definitions.
+const BUILD_PACKAGES: &[&str] = &["protobuf-compiler"];
+
 /// What running the system needs, on a fresh machine: the Debian packages
-/// the tests drive (and the eBPF toolchain), the guest, the eBPF object
-/// and the workspace's binaries.
+/// the build needs and the tests drive (and the eBPF toolchain), the
+/// guest, the eBPF object and the workspace's binaries.
 pub fn prepare() -> Result<()> {
+    ensure_apt_packages(BUILD_PACKAGES)?;
     ensure_apt_packages(crate::test::TEST_PACKAGES)?;
     crate::guest::build()?;
     crate::ebpf::build()?;

@@ -4,14 +4,15 @@
 
 use anyhow::{Context, Result};
 use arbiter::{
-    AnyArbiter, Arbiter, ArbiterAddress, ArbiterError, ArbiterState, ClaimOutcome, Claimant,
-    RenewOutcome,
+    AnyArbiter, Arbiter, ArbiterAddress, ArbiterError, ArbiterSecurity, ArbiterState, ClaimOutcome,
+    Claimant, RenewOutcome,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub struct Arbitration {
     address: ArbiterAddress,
+    security: ArbiterSecurity,
     node: String,
     incarnation: u64,
     /// Bounds every call, connecting included.
@@ -24,6 +25,7 @@ pub struct Arbitration {
 impl Arbitration {
     pub fn new(
         address: &ArbiterAddress,
+        security: &ArbiterSecurity,
         node: &str,
         incarnation: u64,
         call_timeout: Duration,
@@ -34,6 +36,7 @@ impl Arbitration {
             .context("start the arbiter client runtime")?;
         Ok(Arbitration {
             address: address.clone(),
+            security: security.clone(),
             node: node.to_string(),
             incarnation,
             call_timeout,
@@ -47,6 +50,7 @@ impl Arbitration {
     pub fn another(&self) -> Result<Self> {
         Arbitration::new(
             &self.address,
+            &self.security,
             &self.node,
             self.incarnation,
             self.call_timeout,
@@ -66,12 +70,12 @@ impl Arbitration {
             node: &self.node,
             incarnation: self.incarnation,
         };
-        let (address, call_timeout) = (&self.address, self.call_timeout);
+        let (address, security, call_timeout) = (&self.address, &self.security, self.call_timeout);
         let mut client = self.client.take();
         let result = self.runtime.block_on(async {
             let client = match &mut client {
                 Some(client) => client,
-                None => client.insert(AnyArbiter::connect(address, call_timeout).await?),
+                None => client.insert(AnyArbiter::connect(address, security, call_timeout).await?),
             };
             f(client, &who).await
         });

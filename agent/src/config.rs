@@ -111,6 +111,23 @@ pub struct ReplicationArgs {
     /// this file: the record a checker reads (see `agent::audit`).
     #[arg(long)]
     pub release_record: Option<PathBuf>,
+    /// Mutual TLS for the log channel and the arbiter: the directory
+    /// `ftctl certs` made for this node (its certificate names `node`).
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
+    /// With TLS: the other node's name, which its certificate must carry.
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// With TLS: the name the arbiter's certificate must carry.
+    #[arg(long, default_value = arbiter::DEFAULT_ARBITER_NAME)]
+    pub arbiter_name: String,
+    /// Plain TCP for the log channel and the arbiter: anyone on the
+    /// network may then speak to this node. For tests and demos only.
+    #[arg(long)]
+    pub insecure: bool,
+    /// This node's certificates, loaded once by [`ReplicationArgs::check`].
+    #[arg(skip)]
+    identity: std::sync::OnceLock<Option<std::sync::Arc<fttls::Identity>>>,
     /// Tests only: corrupt the snapshot this node sends a joining backup,
     /// one fault per join in the order given.
     #[arg(long, hide = true, value_enum)]
@@ -146,25 +163,76 @@ impl ReplicationArgs {
         if let Some(record) = &self.release_record {
             args = flag(args, "--release-record", record);
         }
+        if let Some(dir) = &self.tls_dir {
+            args = flag(args, "--tls-dir", dir);
+        }
+        if let Some(peer) = &self.peer {
+            args = flag(args, "--peer", peer);
+        }
+        args = flag(args, "--arbiter-name", &self.arbiter_name);
+        if self.insecure {
+            args.push("--insecure".into());
+        }
         args
     }
 
     /// This node's client of the arbiter, as process `incarnation`.
     pub fn arbitration(&self, incarnation: u64) -> Result<crate::arbitration::Arbitration> {
-        crate::arbitration::Arbitration::new(&self.arbiter, &self.node, incarnation, self.silence())
+        crate::arbitration::Arbitration::new(
+            &self.arbiter,
+            &self.arbiter_security()?,
+            &self.node,
+            incarnation,
+            self.silence(),
+        )
     }
 
-    /// Refuses timing that would declare a healthy peer dead.
+    /// Refuses timing that would declare a healthy peer dead, and a
+    /// node without a chosen security; loads the certificates.
     pub fn check(&self) -> Result<()> {
-        check_timing(self.heartbeat_ms, self.silence_ms).map_err(anyhow::Error::msg)
+        check_timing(self.heartbeat_ms, self.silence_ms).map_err(anyhow::Error::msg)?;
+        if self.tls_dir.is_some() && self.peer.is_none() {
+            bail!("with tls_dir, give peer: the other node's name, which its certificate carries");
+        }
+        self.identity().map(drop)
     }
 
-    pub fn channel_config(&self) -> logchannel::Config {
-        logchannel::Config {
+    /// The certificates this node presents (`None`: insecure), loaded
+    /// the first time.
+    fn identity(&self) -> Result<Option<std::sync::Arc<fttls::Identity>>> {
+        if let Some(identity) = self.identity.get() {
+            return Ok(identity.clone());
+        }
+        let identity = fttls::choose(self.tls_dir.as_deref(), self.insecure, &self.node)?;
+        Ok(self.identity.get_or_init(|| identity).clone())
+    }
+
+    /// How this node reaches the arbiter.
+    pub fn arbiter_security(&self) -> Result<arbiter::ArbiterSecurity> {
+        Ok(match self.identity()? {
+            Some(identity) => arbiter::ArbiterSecurity::Tls {
+                identity,
+                arbiter: self.arbiter_name.clone(),
+            },
+            None => arbiter::ArbiterSecurity::Insecure,
+        })
+    }
+
+    pub fn channel_config(&self) -> Result<logchannel::Config> {
+        let security = match (self.identity()?, &self.peer) {
+            (Some(identity), Some(peer)) => logchannel::Security::Tls {
+                identity,
+                peer: peer.clone(),
+            },
+            (Some(_), None) => bail!("with tls_dir, give peer: the other node's name"),
+            (None, _) => logchannel::Security::Insecure,
+        };
+        Ok(logchannel::Config {
             heartbeat_interval: self.heartbeat(),
             silence_timeout: self.silence(),
+            security,
             ..logchannel::Config::default()
-        }
+        })
     }
 
     pub fn heartbeat(&self) -> Duration {

@@ -157,11 +157,11 @@ impl Joiner {
         status: &Arc<Status>,
         protection: &Arc<Protection>,
         dirty_log: DirtyLog,
-    ) -> Joiner {
-        Joiner {
+    ) -> anyhow::Result<Joiner> {
+        Ok(Joiner {
             backup,
             hello,
-            channel: replication.channel_config(),
+            channel: replication.channel_config()?,
             bounds: replication.bounds(),
             protection: protection.clone(),
             pause: Arc::default(),
@@ -170,7 +170,7 @@ impl Joiner {
             status: status.clone(),
             stop: node.stop.clone(),
             faults: replication.fault_snapshot.clone(),
-        }
+        })
     }
 
     /// Where the final round is asked of the recorder.

@@ -161,7 +161,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         StartClaim::Refuse(reason) => bail!("{reason}"),
     };
     // Within the time the backup waits for our start.
-    let deadline = Instant::now() + replication_args.channel_config().start_timeout / 2;
+    let deadline = Instant::now() + replication_args.channel_config()?.start_timeout / 2;
     let generation = match arbitration.claim(expected, &node.stop, Some(deadline))? {
         ClaimOutcome::Granted { generation } => generation,
         ClaimOutcome::Denied { generation, owner } => {
@@ -208,7 +208,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         &status,
         &protection,
         machine.dirty_log(),
-    );
+    )?;
     let pause = joiner.pause();
     joiner.spawn();
 
@@ -267,12 +267,15 @@ fn connect_backup(
     limit: Duration,
 ) -> Result<PendingLink> {
     let deadline = Instant::now() + limit;
+    let config = args.channel_config()?;
     loop {
-        match PrimaryLink::connect(addr, hello.clone(), args.channel_config()) {
+        match PrimaryLink::connect(addr, hello.clone(), config.clone()) {
             Ok(link) => return Ok(link),
-            Err(e @ (LinkError::HandshakeRefused(_) | LinkError::Incompatible(_))) => {
-                return Err(e).context("the backup refused the log channel")
-            }
+            Err(
+                e @ (LinkError::HandshakeRefused(_)
+                | LinkError::Incompatible(_)
+                | LinkError::Unauthenticated(_)),
+            ) => return Err(e).context("the backup refused the log channel"),
             Err(e) if Instant::now() < deadline => {
                 tracing::info!("waiting for the backup at {addr}: {e}");
                 std::thread::sleep(Duration::from_millis(200));

@@ -1,7 +1,7 @@
 //! Where the arbiter is: the embedded server over TCP, or an etcd cluster,
 //! chosen by the address the operator gives (`--arbiter`).
 
-use crate::client::{Arbiter, ArbiterClient, ArbiterError};
+use crate::client::{Arbiter, ArbiterClient, ArbiterError, ArbiterSecurity};
 use crate::etcd::EtcdArbiter;
 use crate::state::{ArbiterState, ClaimOutcome, Claimant, RenewOutcome};
 use std::fmt;
@@ -112,13 +112,16 @@ pub enum AnyArbiter {
 
 impl AnyArbiter {
     /// Connects; `call_timeout` bounds this and every later call.
+    /// `security` is for the embedded arbiter: an etcd cluster's own
+    /// security is etcd's (this client speaks plain gRPC to it).
     pub async fn connect(
         address: &ArbiterAddress,
+        security: &ArbiterSecurity,
         call_timeout: Duration,
     ) -> Result<AnyArbiter, ArbiterError> {
         Ok(match address {
             ArbiterAddress::Embedded(addr) => AnyArbiter::Embedded(
-                ArbiterClient::connect_with_timeout(addr.as_str(), call_timeout).await?,
+                ArbiterClient::connect_with(addr.as_str(), call_timeout, security.clone()).await?,
             ),
             ArbiterAddress::Etcd(target) => {
                 AnyArbiter::Etcd(Box::new(EtcdArbiter::new(target, call_timeout)))

@@ -7,7 +7,9 @@ use crate::state::{ArbiterState, ClaimOutcome, Claimant, RenewOutcome};
 use std::future::Future;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{lookup_host, TcpStream, ToSocketAddrs};
 use tokio::time::timeout;
 use tracing::debug;
@@ -64,6 +66,10 @@ pub enum ArbiterError {
     Etcd(#[from] etcd_client::Error),
     #[error("the etcd key {key} does not hold an arbiter record: {reason}")]
     BadRecord { key: String, reason: String },
+    /// The TLS handshake failed: the arbiter's certificate (or ours, as
+    /// it judged it) is not the cluster's, or names another.
+    #[error("not authenticated with the arbiter: {0}")]
+    Unauthenticated(String),
 }
 
 impl ArbiterError {
@@ -77,6 +83,8 @@ impl ArbiterError {
                 matches!(code, ErrorCode::Busy | ErrorCode::StoreFailed)
             }
             ArbiterError::UnexpectedResponse(_) | ArbiterError::BadRecord { .. } => false,
+            // A refused certificate is refused next time too.
+            ArbiterError::Unauthenticated(_) => false,
             ArbiterError::Protocol(e) => matches!(
                 e,
                 ProtocolError::Io(_) | ProtocolError::Truncated { .. } | ProtocolError::Timeout
@@ -121,6 +129,27 @@ impl ArbiterError {
     }
 }
 
+/// How a client reaches the embedded arbiter.
+#[derive(Clone, Debug, Default)]
+pub enum ArbiterSecurity {
+    /// Plain TCP, only when the operator asks for it.
+    #[default]
+    Insecure,
+    /// Mutual TLS: the server must present a certificate from the
+    /// cluster's CA naming `arbiter`, and gets this process's.
+    Tls {
+        identity: Arc<fttls::Identity>,
+        arbiter: String,
+    },
+}
+
+/// The name the arbiter's certificate carries unless configured.
+pub const DEFAULT_ARBITER_NAME: &str = "arbiter";
+
+/// A connection's byte stream: plain or inside TLS.
+trait Conn: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Conn for T {}
+
 /// A connection to an arbiter server, kept open between calls.
 ///
 /// Each call is bounded by the client's timeout as a whole. If a kept
@@ -129,22 +158,24 @@ impl ArbiterError {
 /// answered `Granted` again (and a repeat that lost is denied as before).
 /// After a timeout the connection is dropped, since a late answer could
 /// otherwise be taken for the next call's.
-#[derive(Debug)]
 pub struct ArbiterClient {
     addrs: Vec<SocketAddr>,
     timeout: Duration,
-    conn: Option<TcpStream>,
+    security: ArbiterSecurity,
+    conn: Option<Box<dyn Conn>>,
 }
 
 impl ArbiterClient {
+    /// Plain TCP, with the default timeout (for tests and tools).
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<ArbiterClient, ArbiterError> {
-        ArbiterClient::connect_with_timeout(addr, DEFAULT_TIMEOUT).await
+        ArbiterClient::connect_with(addr, DEFAULT_TIMEOUT, ArbiterSecurity::Insecure).await
     }
 
     /// Resolves and connects; `call_timeout` bounds this and every later call.
-    pub async fn connect_with_timeout(
+    pub async fn connect_with(
         addr: impl ToSocketAddrs,
         call_timeout: Duration,
+        security: ArbiterSecurity,
     ) -> Result<ArbiterClient, ArbiterError> {
         timeout(call_timeout, async {
             let addrs = lookup_host(addr)
@@ -154,6 +185,7 @@ impl ArbiterClient {
             let mut client = ArbiterClient {
                 addrs,
                 timeout: call_timeout,
+                security,
                 conn: None,
             };
             client.conn = Some(client.open().await?);
@@ -256,7 +288,7 @@ impl ArbiterClient {
         Ok(response)
     }
 
-    async fn open(&self) -> Result<TcpStream, ArbiterError> {
+    async fn open(&self) -> Result<Box<dyn Conn>, ArbiterError> {
         let conn = TcpStream::connect(&self.addrs[..])
             .await
             .map_err(|source| ArbiterError::Connect {
@@ -265,12 +297,25 @@ impl ArbiterClient {
             })?;
         // Requests are single small writes; do not let Nagle delay a failover.
         let _ = conn.set_nodelay(true);
-        Ok(conn)
+        match &self.security {
+            ArbiterSecurity::Insecure => Ok(Box::new(conn)),
+            ArbiterSecurity::Tls { identity, arbiter } => {
+                let conn = identity.connect(conn, arbiter).await.map_err(|e| match e {
+                    fttls::TlsError::Handshake(io) => ProtocolError::Io(io).into(),
+                    refused => ArbiterError::Unauthenticated(refused.to_string()),
+                })?;
+                Ok(Box::new(conn))
+            }
+        }
     }
 
     /// One request and its answer. An error answer becomes `Err`, and the
     /// caller then drops the connection, which the server closes anyway.
-    async fn exchange(&self, conn: &mut TcpStream, frame: &[u8]) -> Result<Response, ArbiterError> {
+    async fn exchange(
+        &self,
+        conn: &mut Box<dyn Conn>,
+        frame: &[u8],
+    ) -> Result<Response, ArbiterError> {
         let timed_out = |e| match e {
             ProtocolError::Idle | ProtocolError::Timeout => ArbiterError::Timeout(self.timeout),
             other => ArbiterError::Protocol(other),

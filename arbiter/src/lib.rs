@@ -60,10 +60,22 @@
 //! or digit. Error codes: 1 bad magic, 2 bad version, 3 oversize, 4
 //! truncated, 5 timeout, 6 unknown kind, 7 malformed body, 8 invalid node,
 //! 9 busy (too many connections, or a lease holds claims off), 10 state
-//! file failed. After any error answer the server closes the connection.
-//! Limits: a request that has begun must arrive within the I/O timeout
-//! (5 s), a connection may idle 30 s between requests and live 10 min, at
-//! most 128 connections at once.
+//! file failed, 11 unauthorized (the connection's certificate does not
+//! name the node a claim or renewal is for). After any error answer the
+//! server closes the connection. Limits: a request that has begun must
+//! arrive within the I/O timeout (5 s), a connection may idle 30 s
+//! between requests and live 10 min, at most 128 connections at once and
+//! 16 from one address.
+//!
+//! # Security
+//!
+//! With TLS (the default for the daemons; plain TCP needs `--insecure`),
+//! the frames above travel inside mutual TLS: the server presents the
+//! arbiter's certificate, each client its own, both from the cluster's CA
+//! ([`fttls`]), and the TLS handshake must finish within 2 s. Any
+//! authenticated peer may query and release (an operator's tools); a
+//! claim or renewal must come from a connection whose certificate names
+//! the claiming node.
 //!
 //! # State file (format version 2)
 //!
@@ -95,7 +107,9 @@ mod state;
 mod store;
 
 pub use backend::{AddressError, AnyArbiter, ArbiterAddress, EtcdTarget};
-pub use client::{Arbiter, ArbiterClient, ArbiterError, DEFAULT_TIMEOUT};
+pub use client::{
+    Arbiter, ArbiterClient, ArbiterError, ArbiterSecurity, DEFAULT_ARBITER_NAME, DEFAULT_TIMEOUT,
+};
 pub use etcd::EtcdArbiter;
 pub use protocol::ErrorCode;
 pub use server::{serve, ServeError, Server, ServerConfig, DEFAULT_MAX_LEASE};

@@ -4,8 +4,8 @@
 
 use anyhow::{Context, Result};
 use arbiter::{
-    AnyArbiter, Arbiter, ArbiterAddress, ClaimOutcome, Claimant, Server, ServerConfig,
-    DEFAULT_TIMEOUT,
+    AnyArbiter, Arbiter, ArbiterAddress, ArbiterSecurity, ClaimOutcome, Claimant, Server,
+    ServerConfig, DEFAULT_ARBITER_NAME, DEFAULT_TIMEOUT,
 };
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
@@ -48,6 +48,9 @@ struct Cli {
     /// Connections beyond this are refused.
     #[arg(long, default_value_t = ServerConfig::new("").max_connections)]
     max_connections: usize,
+    /// Connections from one address beyond this are closed at once.
+    #[arg(long, default_value_t = ServerConfig::new("").max_connections_per_address)]
+    max_connections_per_address: usize,
     /// The longest lease granted to a node serving alone; after a restart,
     /// claims against the recorded owner wait this long.
     #[arg(long, default_value_t = millis(ServerConfig::new("").max_lease))]
@@ -55,6 +58,16 @@ struct Cli {
     /// Serve `/metrics` (Prometheus) and `/status` (JSON) over HTTP here.
     #[arg(long)]
     admin: Option<SocketAddr>,
+    /// Mutual TLS: the directory `ftctl certs` made for this arbiter.
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    /// The name this arbiter's certificate carries (the nodes expect it).
+    #[arg(long, default_value = DEFAULT_ARBITER_NAME)]
+    name: String,
+    /// Plain TCP: anyone who reaches the port may claim. For tests and
+    /// demos on a closed network only.
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// The arbiter's record, as its admin address shows it.
@@ -124,6 +137,19 @@ struct ClientArgs {
     connect: ArbiterAddress,
     #[arg(long, default_value_t = millis(DEFAULT_TIMEOUT))]
     timeout_ms: u64,
+    /// Mutual TLS: a directory `ftctl certs` made, for `--name`.
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    /// The name this client's certificate carries. A claim must be made
+    /// with the claiming node's own certificate.
+    #[arg(long, default_value = "operator")]
+    name: String,
+    /// The name the arbiter's certificate must carry.
+    #[arg(long, default_value = DEFAULT_ARBITER_NAME)]
+    arbiter_name: String,
+    /// Plain TCP, to an arbiter started with `--insecure`.
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// The library's defaults, so that `--help` shows them and they are stated once.
@@ -158,11 +184,14 @@ async fn run_server(cli: Cli) -> Result<()> {
     // clap enforces both unless a subcommand was given.
     let listen = cli.listen.context("--listen is required")?;
     let state_path = cli.state.context("--state is required")?;
+    let tls = fttls::choose(cli.tls_dir.as_deref(), cli.insecure, &cli.name)?;
     let config = ServerConfig {
+        tls,
         create_if_missing: cli.init,
         idle_timeout: Duration::from_millis(cli.idle_timeout_ms),
         io_timeout: Duration::from_millis(cli.io_timeout_ms),
         max_connections: cli.max_connections,
+        max_connections_per_address: cli.max_connections_per_address,
         max_lease: Duration::from_millis(cli.max_lease_ms),
         ..ServerConfig::new(&state_path)
     };
@@ -208,9 +237,20 @@ async fn run_server(cli: Cli) -> Result<()> {
 }
 
 async fn connect(args: &ClientArgs) -> Result<AnyArbiter> {
-    AnyArbiter::connect(&args.connect, Duration::from_millis(args.timeout_ms))
-        .await
-        .with_context(|| format!("cannot reach the arbiter at {}", args.connect))
+    let security = match fttls::choose(args.tls_dir.as_deref(), args.insecure, &args.name)? {
+        Some(identity) => ArbiterSecurity::Tls {
+            identity,
+            arbiter: args.arbiter_name.clone(),
+        },
+        None => ArbiterSecurity::Insecure,
+    };
+    AnyArbiter::connect(
+        &args.connect,
+        &security,
+        Duration::from_millis(args.timeout_ms),
+    )
+    .await
+    .with_context(|| format!("cannot reach the arbiter at {}", args.connect))
 }
 
 async fn query(args: ClientArgs) -> Result<ExitCode> {

@@ -76,6 +76,9 @@ pub enum ErrorCode {
     InvalidNode,
     Busy,
     StoreFailed,
+    /// The connection's certificate does not name the node the request
+    /// is for.
+    Unauthorized,
     /// A code this version does not know (sent by a newer arbiter).
     Other(u8),
 }
@@ -93,6 +96,7 @@ impl ErrorCode {
             ErrorCode::InvalidNode => 8,
             ErrorCode::Busy => 9,
             ErrorCode::StoreFailed => 10,
+            ErrorCode::Unauthorized => 11,
             ErrorCode::Other(code) => code,
         }
     }
@@ -109,6 +113,7 @@ impl ErrorCode {
             8 => ErrorCode::InvalidNode,
             9 => ErrorCode::Busy,
             10 => ErrorCode::StoreFailed,
+            11 => ErrorCode::Unauthorized,
             other => ErrorCode::Other(other),
         }
     }

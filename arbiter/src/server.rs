@@ -5,12 +5,13 @@ use crate::ledger::{ClaimEffect, Ledger, LedgerError};
 use crate::protocol::{read_frame, write_frame, ErrorCode, Request, Response};
 use crate::state::{ArbiterState, ClaimOutcome, Claimant, RenewOutcome};
 use crate::store::StoreError;
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
@@ -42,6 +43,14 @@ pub struct ServerConfig {
     pub max_connection_time: Duration,
     /// Connections beyond this are answered `Busy` and closed.
     pub max_connections: usize,
+    /// Connections from one address beyond this are closed at once, so
+    /// that one host's flood leaves room for the nodes.
+    pub max_connections_per_address: usize,
+    /// Mutual TLS with the cluster's certificates, or plain TCP (`None`,
+    /// only when the operator asks for it).
+    pub tls: Option<Arc<fttls::Identity>>,
+    /// How long a client may take to finish the TLS handshake.
+    pub handshake_timeout: Duration,
     /// The longest lease granted; also how long a restarted arbiter holds
     /// off claims against the recorded owner, whose lease it forgot.
     pub max_lease: Duration,
@@ -56,6 +65,9 @@ impl ServerConfig {
             io_timeout: Duration::from_secs(5),
             max_connection_time: Duration::from_secs(600),
             max_connections: 128,
+            max_connections_per_address: 16,
+            tls: None,
+            handshake_timeout: Duration::from_secs(2),
             max_lease: DEFAULT_MAX_LEASE,
         }
     }
@@ -75,6 +87,8 @@ struct Shared {
     config: ServerConfig,
     /// Signalled when the ledger can no longer be trusted.
     fatal: Notify,
+    /// Open connections per client address.
+    per_address: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// Cloned handles share one ledger (a status thread reads its state).
@@ -104,6 +118,7 @@ impl Server {
             shared: Arc::new(Shared {
                 ledger: Mutex::new(ledger),
                 config,
+                per_address: Mutex::default(),
                 fatal: Notify::new(),
             }),
         })
@@ -176,29 +191,91 @@ impl Server {
         peer: SocketAddr,
         stop: &watch::Receiver<()>,
     ) {
-        if connections.len() >= self.shared.config.max_connections {
-            warn!(%peer, "too many connections; refusing this one");
-            // Best effort and non-blocking: the peer may not be reading.
-            let busy = Response::Error {
-                code: ErrorCode::Busy,
-                message: "too many connections".into(),
-            };
-            let _ = stream.try_write(&busy.encode());
+        let config = &self.shared.config;
+        let refusal = if connections.len() >= config.max_connections {
+            Some("too many connections".to_string())
+        } else {
+            let mut counts = self.shared.connections_by_address();
+            let from_peer = counts.entry(peer.ip()).or_default();
+            if *from_peer >= config.max_connections_per_address {
+                Some(format!(
+                    "{from_peer} connections from {} already",
+                    peer.ip()
+                ))
+            } else {
+                *from_peer += 1;
+                None
+            }
+        };
+        if let Some(why) = refusal {
+            warn!(%peer, "{why}; refusing this one");
+            // Best effort and non-blocking: the peer may not be reading
+            // (nor speaking TLS, if it is a flood).
+            if config.tls.is_none() {
+                let busy = Response::Error {
+                    code: ErrorCode::Busy,
+                    message: why,
+                };
+                let _ = stream.try_write(&busy.encode());
+            }
             return;
         }
+        let counted = AddressCount {
+            shared: Arc::clone(&self.shared),
+            addr: peer.ip(),
+        };
         let shared = Arc::clone(&self.shared);
-        connections.spawn(handle_connection(shared, stream, peer, stop.clone()));
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let _counted = counted;
+            // Answers are single small writes; do not let Nagle delay a failover.
+            let _ = stream.set_nodelay(true);
+            let Some(tls) = shared.config.tls.clone() else {
+                return handle_connection(shared, stream, None, peer, stop).await;
+            };
+            match timeout(shared.config.handshake_timeout, tls.accept(stream)).await {
+                Ok(Ok((stream, cert))) => {
+                    handle_connection(shared, stream, Some(cert), peer, stop).await
+                }
+                Ok(Err(e)) => warn!(%peer, "refused a connection: {e}"),
+                Err(_) => warn!(
+                    %peer,
+                    "refused a connection: no TLS handshake within {:?}",
+                    shared.config.handshake_timeout
+                ),
+            }
+        });
     }
 }
 
-async fn handle_connection(
+/// One connection counted against its address until it ends.
+struct AddressCount {
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    addr: IpAddr,
+}
+
+impl Drop for AddressCount {
+    fn drop(&mut self) {
+        let mut counts = self.shared.connections_by_address();
+        if let Some(count) = counts.get_mut(&self.addr) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// Serves one connection's requests in turn. `cert` is the client's
+/// certificate (with TLS): claims and renewals must be for the node it
+/// names.
+async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: Arc<Shared>,
+    mut stream: S,
+    cert: Option<fttls::PeerCertificate>,
     peer: SocketAddr,
     mut stop: watch::Receiver<()>,
 ) {
-    // Answers are single small writes; do not let Nagle delay a failover.
-    let _ = stream.set_nodelay(true);
     let config = &shared.config;
     let deadline = Instant::now() + config.max_connection_time;
     debug!(%peer, "connection opened");
@@ -220,7 +297,16 @@ async fn handle_connection(
             Ok(Err(e)) => Err(e),
         };
         let response = match request {
-            Ok(request) => shared.answer(request, peer).await,
+            Ok(request) => match unauthorized(&request, cert.as_ref()) {
+                Some(refusal) => {
+                    warn!(%peer, "refused a request: {refusal}");
+                    Response::Error {
+                        code: ErrorCode::Unauthorized,
+                        message: refusal,
+                    }
+                }
+                None => shared.answer(request, peer).await,
+            },
             // A bad request is answered with an error where the peer can
             // still listen; the connection is closed below either way, since
             // the framing may be lost.
@@ -249,7 +335,18 @@ async fn handle_connection(
     debug!(%peer, "connection closed");
 }
 
-async fn linger_close(mut stream: TcpStream) {
+/// Why `request` may not be made on a connection with `cert`: a claim or
+/// renewal acts for a node, which the certificate must name.
+fn unauthorized(request: &Request, cert: Option<&fttls::PeerCertificate>) -> Option<String> {
+    let node = match request {
+        Request::Claim { node, .. } | Request::Renew { node, .. } => node,
+        Request::Query | Request::Release { .. } => return None,
+    };
+    let error = cert?.check_name(node).err()?;
+    Some(format!("may not act for node {node:?}: {error}"))
+}
+
+async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
     let _ = stream.shutdown().await;
     let _ = timeout(LINGER_TIME, async {
         let mut buf = [0u8; 1024];
@@ -265,6 +362,12 @@ async fn linger_close(mut stream: TcpStream) {
 }
 
 impl Shared {
+    fn connections_by_address(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     async fn answer(self: &Arc<Self>, request: Request, peer: SocketAddr) -> Response {
         let shared = Arc::clone(self);
         // The ledger blocks on fsync, and running it as its own task means

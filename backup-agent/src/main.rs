@@ -30,7 +30,7 @@ use agent::role::{after_backup_denial, holding_claim, BackupVerdict, Role};
 use agent::serve::{finish_serving, OutputGate, Releaser, RoleControl, EXIT_DEPOSED};
 use agent::status::Status;
 use anyhow::{Context, Result};
-use arbiter::{ArbiterAddress, ClaimOutcome, Claimant};
+use arbiter::{ArbiterAddress, ArbiterSecurity, ClaimOutcome, Claimant};
 use clap::Parser;
 use logchannel::{BackupListener, Hello, Verify};
 use source::{ChannelSource, Session, Unreleased};
@@ -102,8 +102,11 @@ fn run(args: Args) -> Result<ExitCode> {
     let listener = BackupListener::bind(
         args.listen,
         hello.clone(),
-        args.replication.channel_config(),
-        verify_with(args.replication.arbiter.clone()),
+        args.replication.channel_config()?,
+        verify_with(
+            args.replication.arbiter.clone(),
+            args.replication.arbiter_security()?,
+        ),
     )
     .with_context(|| format!("listen for the primary on {}", args.listen))?;
     status.set_role(Role::Backup);
@@ -208,16 +211,21 @@ fn run(args: Args) -> Result<ExitCode> {
 
 /// The backup's check of a primary's claimed generation: the arbiter's
 /// record must name exactly that primary process at that generation.
-fn verify_with(arbiter: ArbiterAddress) -> Verify {
+fn verify_with(arbiter: ArbiterAddress, security: ArbiterSecurity) -> Verify {
     Arc::new(move |hello: &Hello, generation: u64| {
         let (node, incarnation) = (hello.node.clone(), hello.incarnation);
-        let arbiter = arbiter.clone();
+        let (arbiter, security) = (arbiter.clone(), security.clone());
         // A thread of its own: the caller is a blocking thread of the
         // channel's runtime, where another runtime cannot block.
         std::thread::spawn(move || {
-            let mut arbitration =
-                Arbitration::new(&arbiter, &node, incarnation, Duration::from_secs(2))
-                    .map_err(|e| format!("{e:#}"))?;
+            let mut arbitration = Arbitration::new(
+                &arbiter,
+                &security,
+                &node,
+                incarnation,
+                Duration::from_secs(2),
+            )
+            .map_err(|e| format!("{e:#}"))?;
             let record = arbitration
                 .record()
                 .map_err(|e| format!("cannot ask the arbiter at {arbiter}: {e}"))?;
@@ -388,7 +396,7 @@ impl GoLive {
                     &status,
                     &protection,
                     dirty_log,
-                );
+                )?;
                 let pause = joiner.pause();
                 joiner.spawn();
                 pause

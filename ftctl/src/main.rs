@@ -6,10 +6,11 @@
 use agent::arbitration::Arbitration;
 use agent::status::StatusReport;
 use anyhow::{Context, Result};
-use arbiter::ArbiterAddress;
+use arbiter::{ArbiterAddress, ArbiterSecurity};
 use clap::{Parser, Subcommand};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -24,6 +25,19 @@ struct Cli {
 enum Command {
     /// Each node's role, generation, lag and health, and the arbiter's record.
     Status(StatusArgs),
+    /// Makes a new cluster CA and, for each NAME, a directory OUT/NAME
+    /// with the CA's certificate and a certificate and key for NAME: copy
+    /// each to its own host and point `tls_dir` at it. The CA's key stays
+    /// in OUT/ca.key (keep it off the cluster).
+    Certs {
+        /// A directory that does not exist yet.
+        #[arg(long)]
+        out: PathBuf,
+        /// The nodes' names (their `node`), the arbiter's (`arbiter` by
+        /// default) and any tool's (`operator` by default).
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -34,6 +48,19 @@ struct StatusArgs {
     /// The arbiter, whose record is shown above the nodes.
     #[arg(long)]
     arbiter: Option<ArbiterAddress>,
+    /// Mutual TLS with the arbiter: a directory `ftctl certs` made, for
+    /// `--name`.
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    /// The name this tool's certificate carries.
+    #[arg(long, default_value = "operator")]
+    name: String,
+    /// The name the arbiter's certificate must carry.
+    #[arg(long, default_value = arbiter::DEFAULT_ARBITER_NAME)]
+    arbiter_name: String,
+    /// Plain TCP to an arbiter started with `--insecure`.
+    #[arg(long)]
+    insecure: bool,
     /// Redraw every second until interrupted.
     #[arg(long)]
     watch: bool,
@@ -46,16 +73,27 @@ struct StatusArgs {
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Status(args) => match status(&args) {
-            Ok(all_well) if all_well => ExitCode::SUCCESS,
-            Ok(_) => ExitCode::from(3),
-            Err(e) => {
-                eprintln!("ftctl: error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+    let result = match Cli::parse().command {
+        Command::Status(args) => status(&args),
+        Command::Certs { out, names } => certs(&out, &names).map(|()| true),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("ftctl: error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+fn certs(out: &std::path::Path, names: &[String]) -> Result<()> {
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    fttls::make_cluster(out, &names)?;
+    for name in &names {
+        println!("{}", out.join(name).display());
+    }
+    Ok(())
 }
 
 /// Prints the view (again and again with --watch); whether every node
@@ -89,7 +127,7 @@ fn view(args: &StatusArgs) -> (String, bool) {
     let mut text = String::new();
     let mut all_well = true;
     if let Some(arbiter) = &args.arbiter {
-        let line = match arbiter_record(arbiter) {
+        let line = match arbiter_record(arbiter, args) {
             Ok(line) => line,
             Err(e) => {
                 all_well = false;
@@ -160,8 +198,15 @@ fn node_status(addr: SocketAddr) -> Result<StatusReport> {
     serde_json::from_str(&body).context("parse /status")
 }
 
-fn arbiter_record(arbiter: &ArbiterAddress) -> Result<String> {
-    let mut arbitration = Arbitration::new(arbiter, "ftctl", 0, TIMEOUT)?;
+fn arbiter_record(arbiter: &ArbiterAddress, args: &StatusArgs) -> Result<String> {
+    let security = match fttls::choose(args.tls_dir.as_deref(), args.insecure, &args.name)? {
+        Some(identity) => ArbiterSecurity::Tls {
+            identity,
+            arbiter: args.arbiter_name.clone(),
+        },
+        None => ArbiterSecurity::Insecure,
+    };
+    let mut arbitration = Arbitration::new(arbiter, &security, &args.name, 0, TIMEOUT)?;
     let record = arbitration.record()?;
     Ok(format!(
         "generation {}, owner {}",

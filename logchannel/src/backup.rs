@@ -4,18 +4,19 @@
 use crate::config::Config;
 use crate::error::LinkError;
 use crate::hello::Hello;
+use crate::transport::{secure_server, ReadHalf, Security, WriteHalf};
 use crate::wire::{encode, Heartbeats, Message, MessageReader, SnapshotEnd};
 use ftlog::Entry;
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify};
 use tokio::time::{sleep, timeout};
 use tracing::{info, warn};
 
@@ -244,19 +245,71 @@ impl BackupListener {
     }
 }
 
+/// The connections in the handshake: bounded in all and per address, so
+/// that idle connections cost bounded memory and one host's flood leaves
+/// room for the primary.
+struct Handshakes {
+    total: usize,
+    per_address: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place among the [`Handshakes`], given back on drop.
+struct HandshakeSlot {
+    handshakes: Arc<Handshakes>,
+    addr: IpAddr,
+}
+
+impl Handshakes {
+    fn enter(self: &Arc<Self>, addr: IpAddr) -> Result<HandshakeSlot, String> {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let in_all: usize = counts.values().sum();
+        let from_addr = counts.get(&addr).copied().unwrap_or(0);
+        if in_all >= self.total {
+            return Err(format!("{in_all} connections are already in the handshake"));
+        }
+        if from_addr >= self.per_address {
+            return Err(format!(
+                "{from_addr} connections from {addr} are already in the handshake"
+            ));
+        }
+        counts.insert(addr, from_addr + 1);
+        Ok(HandshakeSlot {
+            handshakes: self.clone(),
+            addr,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .handshakes
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.addr) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.addr);
+            }
+        }
+    }
+}
+
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let handshakes = Arc::new(Semaphore::new(shared.config.max_pending_handshakes));
+    let handshakes = Arc::new(Handshakes {
+        total: shared.config.max_pending_handshakes,
+        per_address: shared.config.max_pending_per_address,
+        counts: Mutex::default(),
+    });
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => match handshakes.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    tokio::spawn(serve(stream, peer, permit, shared.clone()));
+            Ok((stream, peer)) => match handshakes.enter(peer.ip()) {
+                Ok(slot) => {
+                    tokio::spawn(serve(stream, peer, slot, shared.clone()));
                 }
-                Err(_) => warn!(
-                    peer = %peer,
-                    "log channel: refused connection: {} connections are already in the handshake",
-                    shared.config.max_pending_handshakes
-                ),
+                Err(why) => warn!(peer = %peer, "log channel: refused connection: {why}"),
             },
             Err(e) => {
                 // Typically out of file descriptors; retrying at once would spin.
@@ -271,7 +324,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    handshake_slot: HandshakeSlot,
     shared: Arc<Shared>,
 ) {
     let limit = shared.config.handshake_timeout;
@@ -298,7 +351,7 @@ async fn serve(
             return;
         }
     };
-    drop(permit);
+    drop(handshake_slot);
     let Accepted {
         slot,
         reader,
@@ -387,8 +440,8 @@ async fn start(accepted: &mut Accepted, shared: &Arc<Shared>) -> Result<(u64, bo
 /// A primary whose handshake succeeded.
 struct Accepted {
     slot: SessionSlot,
-    reader: MessageReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: MessageReader<ReadHalf>,
+    writer: WriteHalf,
     hello: Hello,
 }
 
@@ -403,7 +456,14 @@ async fn handshake(
     stream
         .set_nodelay(true)
         .map_err(|e| format!("setting TCP_NODELAY failed: {e}"))?;
-    let (read_half, mut writer) = stream.into_split();
+    let (read_half, mut writer, named) = secure_server(stream, &shared.config.security)
+        .await
+        .map_err(|e| format!("not authenticated: {e}"))?;
+    if let Err(reason) = named {
+        let reason = format!("not authenticated: {reason}");
+        reject(&mut writer, &reason).await;
+        return Err(reason);
+    }
     let mut reader = MessageReader::new(read_half);
     let hello = match reader.next().await {
         Ok(Some(Message::Hello(hello))) => hello,
@@ -418,6 +478,16 @@ async fn handshake(
     if let Some(reason) = Hello::mismatch(&hello, &shared.hello) {
         reject(&mut writer, &reason).await;
         return Err(format!("{who}: {reason}"));
+    }
+    if let Security::Tls { peer, .. } = &shared.config.security {
+        if hello.node != *peer {
+            let reason = format!(
+                "the hello is from {:?}, the certificate {peer:?}",
+                hello.node
+            );
+            reject(&mut writer, &reason).await;
+            return Err(format!("{who}: {reason}"));
+        }
     }
     let claimed = {
         let mut active = shared.active();
@@ -463,7 +533,7 @@ async fn handshake(
 
 /// Tells the peer why and ends our side of the connection; a peer that
 /// does not read it is not our concern.
-async fn reject(writer: &mut OwnedWriteHalf, reason: &str) {
+async fn reject(writer: &mut WriteHalf, reason: &str) {
     let mut out = Vec::new();
     encode(
         &Message::Reject {
@@ -479,7 +549,7 @@ async fn reject(writer: &mut OwnedWriteHalf, reason: &str) {
 /// and watermarks to the replay thread until the connection ends or goes
 /// silent.
 async fn read_entries(
-    mut reader: MessageReader<OwnedReadHalf>,
+    mut reader: MessageReader<ReadHalf>,
     shared: &Shared,
     generation: u64,
     snapshot: bool,
@@ -544,7 +614,7 @@ async fn read_entries(
 
 /// Sends the newest ack whenever it moves, and a heartbeat when due.
 async fn write_acks(
-    mut writer: OwnedWriteHalf,
+    mut writer: WriteHalf,
     session: &Session,
     config: &Config,
     generation: u64,

@@ -1,5 +1,6 @@
 //! Timeouts and limits of the log channel.
 
+use crate::transport::Security;
 use std::time::Duration;
 
 /// Tuning shared by both ends; fields marked "backup" only matter to a
@@ -19,6 +20,11 @@ pub struct Config {
     /// Backup: connections allowed in the handshake at once; more are
     /// closed on accept, so a flood of idle connections costs bounded memory.
     pub max_pending_handshakes: usize,
+    /// Backup: of those, from one address; so that one host's flood of
+    /// idle connections leaves room for the primary's.
+    pub max_pending_per_address: usize,
+    /// Plain TCP or mutual TLS, on both ends.
+    pub security: Security,
     /// Backup: events buffered for the replay thread. When it is full the
     /// backup stops reading the socket and TCP pushes back on the primary.
     pub event_queue: usize,
@@ -39,6 +45,8 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(2),
             start_timeout: Duration::from_secs(10),
             max_pending_handshakes: 16,
+            max_pending_per_address: 4,
+            security: Security::Insecure,
             event_queue: 4096,
         }
     }

@@ -35,6 +35,10 @@ pub enum LinkError {
     Stalled(Duration),
     #[error("the peer closed the connection")]
     PeerClosed,
+    /// The TLS handshake failed: a certificate that does not chain to the
+    /// cluster's CA, or names another node.
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
     #[error("the link was closed by this side")]
     Closed,
 }

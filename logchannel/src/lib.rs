@@ -87,6 +87,7 @@ mod config;
 mod error;
 mod hello;
 mod primary;
+mod transport;
 pub mod wire;
 
 pub use backup::{BackupListener, Event, Verify};
@@ -94,4 +95,5 @@ pub use config::Config;
 pub use error::LinkError;
 pub use hello::{Hello, PROTOCOL_VERSION};
 pub use primary::{Joining, PendingLink, PrimaryLink};
+pub use transport::Security;
 pub use wire::{SnapshotEnd, MAX_BODY_LEN, PAGE_SIZE};

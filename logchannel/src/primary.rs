@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::error::LinkError;
 use crate::hello::Hello;
+use crate::transport::{secure_client, ReadHalf, WriteHalf};
 use crate::wire::{encode, encode_entry_message, Heartbeats, Message, MessageReader, SnapshotEnd};
 use ftlog::Entry;
 use std::net::SocketAddr;
@@ -11,7 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 use tokio::sync::{watch, Notify};
@@ -22,8 +22,8 @@ use tracing::{error, info};
 /// primary's claim: [`PendingLink::start`] tells the backup the generation
 /// the arbiter granted, and the backup checks it with the arbiter.
 pub struct PendingLink {
-    reader: MessageReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: MessageReader<ReadHalf>,
+    writer: WriteHalf,
     peer_hello: Hello,
     config: Config,
     addr: SocketAddr,
@@ -353,8 +353,8 @@ impl Joining {
 
 /// Sends `Start` and reads the backup's echo of it.
 async fn confirm_start(
-    reader: &mut MessageReader<OwnedReadHalf>,
-    writer: &mut OwnedWriteHalf,
+    reader: &mut MessageReader<ReadHalf>,
+    writer: &mut WriteHalf,
     generation: u64,
     snapshot: bool,
     config: &Config,
@@ -397,7 +397,7 @@ async fn handshake(
     addr: SocketAddr,
     hello: &Hello,
     config: &Config,
-) -> Result<(MessageReader<OwnedReadHalf>, OwnedWriteHalf, Hello), LinkError> {
+) -> Result<(MessageReader<ReadHalf>, WriteHalf, Hello), LinkError> {
     let exchange = async {
         let stream = TcpStream::connect(addr)
             .await
@@ -406,7 +406,7 @@ async fn handshake(
         stream
             .set_nodelay(true)
             .map_err(|e| LinkError::io("setting TCP_NODELAY", e))?;
-        let (read_half, mut writer) = stream.into_split();
+        let (read_half, mut writer) = secure_client(stream, &config.security).await?;
         let mut out = Vec::new();
         encode(&Message::Hello(hello.clone()), &mut out);
         writer
@@ -437,8 +437,8 @@ async fn handshake(
 
 /// Runs the connection until either direction fails, then publishes why.
 async fn run_session(
-    reader: MessageReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: MessageReader<ReadHalf>,
+    writer: WriteHalf,
     shared: Arc<Shared>,
     state: watch::Sender<LinkState>,
     config: Config,
@@ -462,7 +462,7 @@ async fn run_session(
 /// heartbeats but acks none of the pending entries for the silence timeout
 /// (its replay is stuck) is as lost as a silent one.
 async fn read_acks(
-    mut reader: MessageReader<OwnedReadHalf>,
+    mut reader: MessageReader<ReadHalf>,
     shared: &Shared,
     state: &watch::Sender<LinkState>,
     config: &Config,
@@ -524,7 +524,7 @@ async fn read_acks(
 /// Sends whatever has been queued since the last write in one syscall,
 /// plus the released watermark if it moved and a heartbeat when due.
 async fn write_batches(
-    mut writer: OwnedWriteHalf,
+    mut writer: WriteHalf,
     shared: &Shared,
     config: &Config,
     generation: u64,

@@ -232,6 +232,27 @@ impl Drop for ServiceWatch {
     }
 }
 
+/// Lets this process hold at least `wanted` open files.
+fn raise_open_files_limit(wanted: u64) -> Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        bail!("getrlimit: {}", std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur >= wanted {
+        return Ok(());
+    }
+    limit.rlim_cur = wanted.min(limit.rlim_max);
+    // SAFETY: setrlimit reads one rlimit from the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        bail!("setrlimit: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// ft-checker pushing one list on one connection while a test does harm.
 pub struct OpenChecker {
     process: Process,
@@ -286,6 +307,11 @@ pub struct Cluster {
     service_manager: Option<Duration>,
     /// Daemons started from now on read their options from a file.
     config_files: bool,
+    /// Under [`Cluster::with_tls`], the certificates `ftctl certs` made.
+    certs: Option<PathBuf>,
+    /// The name each host's agent expects its peer's certificate to
+    /// carry, if not the other host's node name.
+    peer_names: [Option<String>; 2],
     tag: String,
 }
 
@@ -345,8 +371,42 @@ impl Cluster {
             record_releases: true,
             service_manager: None,
             config_files: false,
+            certs: None,
+            peer_names: [None, None],
             tag: tag.to_string(),
         })
+    }
+
+    /// Every process of the cluster speaks mutual TLS, with certificates
+    /// `ftctl certs` makes here for `a`, `b`, `c` (host-c's mistakes),
+    /// `arbiter` and `operator` (the tests' own tools). Without it, every
+    /// process is told `--insecure`.
+    pub fn with_tls(mut self) -> Result<Cluster> {
+        let certs = self.scratch.path().join("certs");
+        run(Command::new(binary("ftctl"))
+            .args(["certs", "--out"])
+            .arg(&certs)
+            .args(["a", "b", "c", "arbiter", "operator"]))?;
+        self.certs = Some(certs);
+        Ok(self)
+    }
+
+    /// The directory `ftctl certs` made for `name`, under [`Cluster::with_tls`].
+    pub fn certs_of(&self, name: &str) -> Option<PathBuf> {
+        self.certs.as_ref().map(|certs| certs.join(name))
+    }
+
+    /// The options that secure process `name` (talking to `peer`, for a
+    /// node): its certificates, or `--insecure`.
+    fn security_args(&self, name: &str, peer: Option<&str>) -> Vec<OsString> {
+        let Some(dir) = self.certs_of(name) else {
+            return vec!["--insecure".into()];
+        };
+        let mut args: Vec<OsString> = vec!["--tls-dir".into(), dir.into()];
+        if let Some(peer) = peer {
+            args.extend(["--peer".into(), peer.into()]);
+        }
+        args
     }
 
     /// The arbiter is a 3-member etcd cluster on the LAN (198.18.0.21–23)
@@ -456,6 +516,12 @@ impl Cluster {
         self.node_names[host.index()] = name.to_string();
     }
 
+    /// The next agent started on `host` expects its peer's certificate to
+    /// name `name`, whatever the other host runs as.
+    pub fn set_peer_name(&mut self, host: Host, name: &str) {
+        self.peer_names[host.index()] = Some(name.to_string());
+    }
+
     fn host(&self, host: Host) -> &Netns {
         match host {
             Host::A => &self.host_a,
@@ -494,7 +560,10 @@ impl Cluster {
             "--init".into(),
             "--admin".into(),
             ARBITER_ADMIN.into(),
-        ];
+        ]
+        .into_iter()
+        .chain(self.security_args("arbiter", None))
+        .collect();
         self.give_arguments(&mut cmd, "arbiter", args);
         cmd.stdout(Stdio::null()).stderr(file);
         self.talk_to_service_manager(&mut cmd, "arbiter");
@@ -515,7 +584,8 @@ impl Cluster {
     pub fn arbiter_state(&self) -> Result<ArbiterState> {
         let mut cmd = self.arb.command(binary("arbiter"));
         cmd.args(["query", "--connect", &self.arbiter_address()])
-            .args(["--timeout-ms", "2000"]);
+            .args(["--timeout-ms", "2000"])
+            .args(self.security_args("operator", None));
         let out = run(&mut cmd)?;
         let summary = Summary::parse(&String::from_utf8_lossy(&out.stdout));
         Ok(ArbiterState {
@@ -527,10 +597,22 @@ impl Cluster {
     /// Runs the `arbiter` binary's client subcommand `args` against the
     /// cluster's arbiter (from its namespace), as an operator would.
     pub fn arbiter_command(&self, args: &[&str]) -> Result<Output> {
+        let security = self.security_args("operator", None);
+        self.arbiter_command_with(&security, args)
+    }
+
+    /// [`Cluster::arbiter_command`] with security options of one's own
+    /// (`--insecure`, or another `--tls-dir`), as a stranger would.
+    pub fn arbiter_command_with(
+        &self,
+        security: &[impl AsRef<std::ffi::OsStr>],
+        args: &[&str],
+    ) -> Result<Output> {
         let (subcommand, rest) = args.split_first().context("no subcommand")?;
         let mut cmd = self.arb.command(binary("arbiter"));
         cmd.arg(subcommand)
             .args(["--connect", &self.arbiter_address()])
+            .args(security)
             .args(rest);
         cmd.output().with_context(|| format!("run {cmd:?}"))
     }
@@ -553,10 +635,8 @@ impl Cluster {
             }
             return Ok(grants);
         }
-        let path = self.scratch.path().join("arbiter.log");
-        let log =
-            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-        log.lines()
+        self.arbiter_log()?
+            .lines()
             .filter(|l| l.contains("claim granted") && !l.contains("granted again"))
             .map(|l| {
                 l.split_whitespace()
@@ -664,6 +744,10 @@ impl Cluster {
         ] {
             args.extend([flag.into(), value.into()]);
         }
+        let peer = self.peer_names[host.index()]
+            .as_ref()
+            .unwrap_or(&self.node_names[host.other().index()]);
+        args.extend(self.security_args(node, Some(peer)));
         args.extend(["--status".into(), self.status_path(host).into()]);
         if self.record_releases {
             args.extend(["--release-record".into(), self.record_path(host).into()]);
@@ -785,12 +869,27 @@ impl Cluster {
         })
     }
 
+    /// Waits until `host` serves alone (its backup lost, its claim won).
+    pub fn wait_alone(&mut self, host: Host, limit: Duration) -> Result<NodeStatus> {
+        wait_for(
+            &format!("host-{} to serve alone", host.node()),
+            limit,
+            || Ok(self.status(host)?.filter(|s| s.role() == "primary-alone")),
+        )
+    }
+
     /// The stderr of the latest agent started on `host`.
     pub fn node_log(&self, host: Host) -> Result<String> {
         let path = self.node_logs[host.index()]
             .as_ref()
             .with_context(|| format!("no agent was started on host-{}", host.node()))?;
         std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
+    }
+
+    /// The arbiter's log, across its restarts.
+    pub fn arbiter_log(&self) -> Result<String> {
+        let path = self.scratch.path().join("arbiter.log");
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
     }
 
     /// The exact command line of the latest agent started on `host`.
@@ -850,6 +949,7 @@ impl Cluster {
             .args(["--xdp", "eth0", "--ip", &format!("{GUEST_IP}/24")])
             .args(["--mac", GUEST_MAC, "--arbiter", &self.arbiter_address()])
             .args(["--node", node, "--silence-ms", SILENCE_MS])
+            .args(self.security_args(node, Some(&self.node_names[Host::B.index()])))
             .args([
                 "--backup",
                 &Host::B.backup_addr(),
@@ -1011,6 +1111,7 @@ impl Cluster {
         let mut cmd = self.client.command(binary("ftctl"));
         cmd.arg("status")
             .args(["--arbiter", &self.arbiter_address()])
+            .args(self.security_args("operator", None))
             .args(extra)
             .args([Host::A.admin_addr(), Host::B.admin_addr()]);
         cmd.output().with_context(|| format!("run {cmd:?}"))
@@ -1167,6 +1268,28 @@ impl Cluster {
     /// log channel, which only the two hosts can).
     pub fn run_on<T: Send>(&self, host: Host, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
         self.host(host).run_in(f)
+    }
+
+    /// Opens `count` TCP connections from host-c to the arbiter and as
+    /// many to host-b's log channel port, and sends nothing on them: a
+    /// flood of idle connections, open until the returned streams drop
+    /// (those the servers closed stay closed).
+    pub fn idle_connections(&self, count: usize) -> Result<Vec<std::net::TcpStream>> {
+        raise_open_files_limit(4 * count as u64)?;
+        let targets: Vec<std::net::SocketAddr> =
+            vec![ARBITER_ADDR.parse()?, Host::B.backup_addr().parse()?];
+        self.host_c.run_in(move || {
+            let mut streams = Vec::new();
+            for target in &targets {
+                for _ in 0..count {
+                    let stream =
+                        std::net::TcpStream::connect_timeout(target, Duration::from_secs(5))
+                            .with_context(|| format!("connect to {target}"))?;
+                    streams.push(stream);
+                }
+            }
+            Ok(streams)
+        })
     }
 
     /// Through which host's port the switch now sends the service's frames.

@@ -103,12 +103,7 @@ fn snapshots_that_do_not_verify_are_refused_and_the_primary_serves_on_unprotecte
     let checker = cluster.start_open_checker("history").unwrap();
     cluster.wait_pushed_past("history", 100).unwrap();
     cluster.kill(Host::B).unwrap();
-    wait_for("host-a to serve alone", FAILOVER_LIMIT, || {
-        Ok(cluster
-            .status(Host::A)?
-            .filter(|s| s.role() == "primary-alone"))
-    })
-    .unwrap();
+    cluster.wait_alone(Host::A, FAILOVER_LIMIT).unwrap();
 
     for expected in [
         "the transferred state does not verify",

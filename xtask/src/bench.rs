@@ -2,7 +2,8 @@
 //!
 //! Real clients against the real guest: redis-benchmark over a TAP (with and
 //! without recording the log), through XDP/AF_XDP, and through an FT pair
-//! (primary + backup + arbiter); single-client latency with and without FT;
+//! (primary + backup + arbiter), in plain TCP and with mutual TLS on the
+//! log channel and the arbiter; single-client latency with and without FT;
 //! and failover time over repeated `kill -9` of the primary, measured by the
 //! one-connection checker as its longest wait for an answer; and
 //! re-protection: a new backup joining the primary by state transfer
@@ -66,57 +67,61 @@ pub fn bench() -> Result<()> {
     let tap = measure(Setup::Tap { record: false })?;
     let recording = measure(Setup::Tap { record: true })?;
     let xdp = measure(Setup::Xdp)?;
-    let ft = measure(Setup::Ft)?;
+    let ft = measure(Setup::Ft { tls: false })?;
+    let ft_tls = measure(Setup::Ft { tls: true })?;
     let failovers = measure_failovers()?;
     let joins = measure_joins()?;
 
     println!();
-    println!("| metric | TAP | TAP + recording | AF_XDP | FT (AF_XDP) | recording / TAP | AF_XDP / TAP | FT / AF_XDP |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| metric | TAP | TAP + recording | AF_XDP | FT (AF_XDP) | FT + TLS | recording / TAP | AF_XDP / TAP | FT / AF_XDP | FT+TLS / FT |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let runs = [&tap, &recording, &xdp, &ft, &ft_tls];
     for pipeline in [1, 16] {
         for test in ["SET", "GET"] {
-            let [a, b, c, d] = [&tap, &recording, &xdp, &ft].map(|r| r.rps(test, pipeline));
+            let [a, b, c, d, e] = runs.map(|r| r.rps(test, pipeline));
             println!(
-                "| redis-benchmark {test} -P {pipeline} (req/s, {CLIENTS} clients) | {a:.0} | {b:.0} | {c:.0} | {d:.0} | {:.2} | {:.2} | {:.2} |",
+                "| redis-benchmark {test} -P {pipeline} (req/s, {CLIENTS} clients) | {a:.0} | {b:.0} | {c:.0} | {d:.0} | {e:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
                 b / a,
                 c / a,
-                d / c
+                d / c,
+                e / d
             );
         }
     }
     let exits = |r: &Run| r.summary.number("exits") as f64 / r.elapsed_s;
+    let [a, b, c, d, e] = runs.map(exits);
     println!(
-        "| guest exits/s (during the load) | {:.0} | {:.0} | {:.0} | {:.0} | | | |",
-        exits(&tap),
-        exits(&recording),
-        exits(&xdp),
-        exits(&ft)
+        "| guest exits/s (during the load) | {a:.0} | {b:.0} | {c:.0} | {d:.0} | {e:.0} | | | | |"
     );
-    let latencies = [&tap, &recording, &xdp, &ft].map(|r| r.latency);
+    let latencies = runs.map(|r| r.latency);
     for (name, values) in [
         ("p50", latencies.map(|l| l.p50_ms)),
         ("p99", latencies.map(|l| l.p99_ms)),
     ] {
-        let [a, b, c, d] = values;
+        let [a, b, c, d, e] = values;
         println!(
-            "| SET latency {name}, 1 client (ms) | {a:.3} | {b:.3} | {c:.3} | {d:.3} | | | FT adds {:.3} ms |",
-            d - c
+            "| SET latency {name}, 1 client (ms) | {a:.3} | {b:.3} | {c:.3} | {d:.3} | {e:.3} | | | FT adds {:.3} ms | TLS adds {:.3} ms |",
+            d - c,
+            e - d
         );
     }
+    let per_request = |r: &Run| r.summary.number("log_bytes") as f64 / r.requests as f64;
     println!(
-        "| log bytes per request | | {:.1} | | {:.1} | | | |",
-        recording.summary.number("log_bytes") as f64 / recording.requests as f64,
-        ft.summary.number("log_bytes") as f64 / ft.requests as f64
+        "| log bytes per request | | {:.1} | | {:.1} | {:.1} | | | | |",
+        per_request(&recording),
+        per_request(&ft),
+        per_request(&ft_tls)
     );
     println!(
-        "| log bandwidth (Mbit/s, whole run) | | {:.1} | | {:.1} | | | |",
+        "| log bandwidth (Mbit/s, whole run) | | {:.1} | | {:.1} | {:.1} | | | | |",
         recording.log_mbit_s(),
-        ft.log_mbit_s()
+        ft.log_mbit_s(),
+        ft_tls.log_mbit_s()
     );
     let mut sorted = failovers.clone();
     sorted.sort_unstable();
     println!(
-        "| failover: kill -9 → next answer on the same connection (ms, {} kills) | min {} | median {} | max {} | | | | |",
+        "| failover: kill -9 → next answer on the same connection (ms, {} kills) | min {} | median {} | max {} | | | | | | |",
         sorted.len(),
         sorted[0],
         sorted[sorted.len() / 2],
@@ -142,7 +147,7 @@ pub fn bench() -> Result<()> {
     ] {
         let (min, median, max) = spread(values);
         println!(
-            "| re-protection under load ({} joins, 128 MiB guest, {:.0} MB of keys): {name} | min {min:.1} | median {median:.1} | max {max:.1} | | | | |",
+            "| re-protection under load ({} joins, 128 MiB guest, {:.0} MB of keys): {name} | min {min:.1} | median {median:.1} | max {max:.1} | | | | | | |",
             joins.len(),
             JOIN_KEYS as f64 * JOIN_VALUE_BYTES as f64 / 1e6,
         );
@@ -218,7 +223,7 @@ fn measure_joins() -> Result<Vec<Join>> {
 enum Setup {
     Tap { record: bool },
     Xdp,
-    Ft,
+    Ft { tls: bool },
 }
 
 /// The service under test and the namespace its clients run in.
@@ -264,8 +269,11 @@ fn start(setup: Setup) -> Result<Service> {
             Service::Single(Guest::on_tap("bench", &extra)?, Some(scratch))
         }
         Setup::Xdp => Service::Single(Guest::behind_xdp("bench", &[])?, None),
-        Setup::Ft => {
+        Setup::Ft { tls } => {
             let mut cluster = Cluster::new("bf")?.without_release_records();
+            if tls {
+                cluster = cluster.with_tls()?;
+            }
             cluster.start_pair()?;
             Service::Pair(Box::new(cluster))
         }

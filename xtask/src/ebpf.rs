@@ -2,7 +2,10 @@
 //! (Debian's Rust 1.96 + bpf-linker, see shared/README.md §3) and builds
 //! `ebpf/` into target/bpf/ft-ebpf.o, the object xdpnet embeds.
 
-use crate::util::{ensure_apt_packages, is_root, run, separate_workspace_build, workspace_root};
+use crate::util::{
+    ensure_apt_packages, is_root, run, separate_workspace_build, separate_workspace_cargo,
+    workspace_root,
+};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,6 +57,28 @@ pub fn build() -> Result<PathBuf> {
     copy_if_changed(&built, &out)?;
     eprintln!("xtask: eBPF object at {}", out.display());
     Ok(out)
+}
+
+/// `cargo xtask test`'s checks of the programs (after `build`, which installs
+/// the toolchain): rustfmt, and clippy with Debian's compiler for
+/// bpfel-unknown-none, exactly as they are built, warnings denied.
+pub fn check() -> Result<()> {
+    let ebpf_dir = workspace_root().join("ebpf");
+    // Debian's toolchain has no rustfmt here: the stable one, which formats
+    // everything else, formats these too.
+    run(&mut separate_workspace_cargo(
+        &ebpf_dir,
+        "stable",
+        &["fmt", "--check"],
+    ))?;
+    // Only checked, never linked: no bpf-linker needed. build-std still
+    // needs the stable-channel compiler unlocked.
+    run(separate_workspace_cargo(
+        &ebpf_dir,
+        TOOLCHAIN,
+        &["clippy", "--release", "--locked", "--", "-D", "warnings"],
+    )
+    .env("RUSTC_BOOTSTRAP", "1"))
 }
 
 /// Copies only when the bytes differ, so xdpnet (which reruns its build

@@ -29,6 +29,9 @@ pub fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // Separate workspaces: the two above do not reach them.
+    crate::guest::check()?;
+    crate::ebpf::check()?;
     // The package first: the test runner's summary stays the last word.
     crate::dist::dist()?;
     run(cargo().args(["test", "--release", "--workspace"]))

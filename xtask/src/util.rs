@@ -19,12 +19,17 @@ pub fn cargo() -> Command {
     cmd
 }
 
-/// `cargo build --release --locked` in `dir`, a separate workspace with its
-/// own target and flags (its .cargo/config.toml): the variables the caller's
-/// environment (or `cargo run` of xtask) exported would override them.
+/// `cargo build --release --locked` in `dir`, a separate workspace.
 pub fn separate_workspace_build(dir: &Path, toolchain: &str) -> Command {
+    separate_workspace_cargo(dir, toolchain, &["build", "--release", "--locked"])
+}
+
+/// `cargo ARGS` in `dir`, a separate workspace with its own target and
+/// flags (its .cargo/config.toml): the variables the caller's environment
+/// (or `cargo run` of xtask) exported would override them.
+pub fn separate_workspace_cargo(dir: &Path, toolchain: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("cargo");
-    cmd.args(["build", "--release", "--locked"])
+    cmd.args(args)
         .current_dir(dir)
         .env("RUSTUP_TOOLCHAIN", toolchain);
     for var in [
@@ -44,7 +49,7 @@ pub fn separate_workspace_build(dir: &Path, toolchain: &str) -> Command {
 
 /// Debian packages the workspace's build needs: `protoc`, which
 /// etcd-client's build script runs on etcd's gRPC definitions.
-const BUILD_PACKAGES: &[&str] = &["protobuf-compiler"];
+pub const BUILD_PACKAGES: &[&str] = &["protobuf-compiler"];
 
 /// What running the system needs, on a fresh machine: the Debian packages
 /// the build needs and the tests drive (and the eBPF toolchain), the

@@ -74,6 +74,9 @@ impl ArbiterProcess {
             .args(["--listen", "127.0.0.1:0", "--state"])
             .arg(state)
             .args(extra)
+            // These tests are about the protocol and the state file; the
+            // TLS tests run the cluster with certificates.
+            .arg("--insecure")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -135,10 +138,12 @@ impl Drop for ArbiterProcess {
     }
 }
 
-/// Runs `arbiter ARGS` to completion (bounded), killing it if it hangs.
+/// Runs `arbiter ARGS --insecure` to completion (bounded), killing it if
+/// it hangs.
 pub fn run(args: &[&str]) -> Output {
     let mut child = Command::new(BIN)
         .args(args)
+        .arg("--insecure")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -35,7 +35,7 @@ pub const CA_KEY_FILE: &str = "ca.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read { path: PathBuf, source: io::Error },
     #[error("{}: {reason}", path.display())]
     Bad { path: PathBuf, reason: String },
@@ -61,7 +61,7 @@ pub enum TlsError {
     Exists(PathBuf),
     #[error("cannot make a certificate: {0}")]
     Make(#[from] rcgen::Error),
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}", path.display())]
     Write { path: PathBuf, source: io::Error },
     #[error(
         "no security chosen: give tls_dir (the directory `ftctl certs` made for {0:?}) or, \

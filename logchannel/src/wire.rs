@@ -289,8 +289,9 @@ impl Heartbeats {
     }
 }
 
-/// Reads messages from a byte stream, buffered.
-pub(crate) struct MessageReader<R> {
+/// Reads messages from a byte stream, buffered. Public so that the fuzz
+/// targets (`fuzz/`) reach the decoder a peer's bytes go through.
+pub struct MessageReader<R> {
     inner: BufReader<R>,
     /// Header and body of the message being read, reused.
     frame: Vec<u8>,
@@ -298,7 +299,8 @@ pub(crate) struct MessageReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> MessageReader<R> {
-    pub(crate) fn new(inner: R) -> Self {
+    /// A reader of the messages `inner` carries, from its first byte.
+    pub fn new(inner: R) -> Self {
         MessageReader {
             inner: BufReader::with_capacity(READ_BUFFER, inner),
             frame: Vec::new(),
@@ -308,7 +310,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
 
     /// The next message of a live session, which a peer silent for
     /// `silence`, a clean end and a broken stream all end, with the reason.
-    pub(crate) async fn next_within(&mut self, silence: Duration) -> Result<Message, LinkError> {
+    pub async fn next_within(&mut self, silence: Duration) -> Result<Message, LinkError> {
         match timeout(silence, self.next()).await {
             Err(_) => Err(LinkError::Silent(silence)),
             Ok(Err(e)) => Err(e.into()),

@@ -189,6 +189,10 @@ impl Parser {
             }
             return Ok(None);
         };
+        // Refused also when it arrives whole, as it is when fed in pieces.
+        if newline - self.pos > limits.max_inline_len {
+            return Err(ProtocolError::new("too big inline request"));
+        }
         let mut end = newline;
         if end > self.pos && self.buf[end - 1] == b'\r' {
             end -= 1;
@@ -212,6 +216,10 @@ impl Parser {
             }
             return Ok(None);
         };
+        // Refused also when it arrives whole, as it is when fed in pieces.
+        if cr - self.pos > limits.max_inline_len {
+            return Err(ProtocolError::new(too_big));
+        }
         match self.buf.get(cr + 1) {
             None => {
                 // Rescan the `\r` once its `\n` has arrived.

@@ -509,6 +509,50 @@ fn limits_refuse_oversized_requests() {
     assert_eq!(outcome, ProcessOutcome::NeedInput);
 }
 
+/// A line over `max_inline_len` is refused however it arrives: it used to
+/// pass when its end came in the same piece, and be refused when fed in
+/// smaller ones. The first input is the fuzzer's (fuzz/corpus/resp_kv/).
+#[test]
+fn overlong_lines_are_refused_whole_or_in_pieces() {
+    let fuzzed = [
+        &[0; 12][..],
+        &[0x10],
+        &[0xaf; 33],
+        &[0; 7],
+        &[0x09],
+        &[0xaf; 8],
+        b"*2\r\n",
+    ]
+    .concat();
+    let long_inline = [&b"ECHO "[..], &[b'y'; 60], b"\r\n"].concat();
+    let long_count = [&b"*"[..], &[b'1'; 64], b"\r\n"].concat();
+    let long_bulk = [&b"*1\r\n$"[..], &[b'1'; 64], b"\r\n"].concat();
+    let cases = [
+        (fuzzed, "too big inline request"),
+        (long_inline, "too big inline request"),
+        (long_count, "too big mbulk count string"),
+        (long_bulk, "too big bulk count string"),
+    ];
+    let limits = Limits {
+        max_inline_len: 64,
+        ..Limits::DEFAULT
+    };
+    let expected = |error: &str| format!("-ERR Protocol error: {error}\r\n");
+    for (input, error) in cases {
+        let mut whole = Client::with_limits(limits);
+        let (reply, outcome) = whole.send(&input);
+        assert_eq!(String::from_utf8_lossy(&reply), expected(error));
+        assert_eq!(outcome, ProcessOutcome::Close);
+
+        let mut pieces = Client::with_limits(limits);
+        let mut reply = Vec::new();
+        for byte in &input {
+            reply.extend(pieces.send(&[*byte]).0);
+        }
+        assert_eq!(String::from_utf8_lossy(&reply), expected(error));
+    }
+}
+
 #[test]
 fn writes_are_refused_over_maxmemory() {
     let mut c = Client::with_limits(Limits {

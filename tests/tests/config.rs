@@ -75,12 +75,14 @@ fn configuration_files_alone_run_a_replicated_pair_that_fails_over() {
 fn the_example_files_in_deploy_are_every_daemons_own_options() {
     let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
     // Each example parses; the daemon then stops at a file overridden on
-    // the command line that does not exist (exit 1, not a bad option's 2).
-    for (program, lead, missing) in [
-        ("agent", &["run"][..], ["--guest", "/nonexistent/ft-guest"]),
-        ("backup-agent", &[], ["--guest", "/nonexistent/ft-guest"]),
-        ("arbiter", &[], ["--state", "/nonexistent/arbiter.state"]),
+    // the command line that does not exist (exit 1, not a bad option's 2):
+    // its certificates, the first thing each reads.
+    for (program, lead) in [
+        ("agent", &["run"][..]),
+        ("backup-agent", &[]),
+        ("arbiter", &[]),
     ] {
+        let missing = ["--tls-dir", "/nonexistent/tls"];
         let example = deploy.join(format!("{program}.toml"));
         let out = Command::new(binary(program))
             .args(lead)

@@ -5,6 +5,7 @@ mod chaos;
 mod demo;
 mod dist;
 mod ebpf;
+mod fuzz;
 mod guest;
 mod test;
 mod util;
@@ -37,6 +38,8 @@ enum Task {
     Test,
     /// Build the Debian package into target/dist/ (and check it).
     Dist,
+    /// Run every fuzz target (fuzz/) for a while; fails on a crash.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> Result<()> {
@@ -48,5 +51,6 @@ fn main() -> Result<()> {
         Task::Bench => bench::bench(),
         Task::Demo(args) => demo::demo(&args),
         Task::Chaos(args) => chaos::chaos(&args),
+        Task::Fuzz(args) => fuzz::fuzz_by_hand(&args),
     }
 }

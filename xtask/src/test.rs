@@ -32,6 +32,7 @@ pub fn test() -> Result<()> {
     // Separate workspaces: the two above do not reach them.
     crate::guest::check()?;
     crate::ebpf::check()?;
+    crate::fuzz::fuzz(crate::fuzz::CI_SECONDS)?;
     // The package first: the test runner's summary stays the last word.
     crate::dist::dist()?;
     run(cargo().args(["test", "--release", "--workspace"]))

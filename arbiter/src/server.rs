@@ -5,11 +5,10 @@ use crate::ledger::{ClaimEffect, Ledger, LedgerError};
 use crate::protocol::{read_frame, write_frame, ErrorCode, Request, Response};
 use crate::state::{ArbiterState, ClaimOutcome, Claimant, RenewOutcome};
 use crate::store::StoreError;
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -87,8 +86,8 @@ struct Shared {
     config: ServerConfig,
     /// Signalled when the ledger can no longer be trusted.
     fatal: Notify,
-    /// Open connections per client address.
-    per_address: Mutex<HashMap<IpAddr, usize>>,
+    /// Open connections, in all and per client address.
+    admission: Arc<fttls::Admission>,
 }
 
 /// Cloned handles share one ledger (a status thread reads its state).
@@ -117,8 +116,11 @@ impl Server {
         Ok(Server {
             shared: Arc::new(Shared {
                 ledger: Mutex::new(ledger),
+                admission: fttls::Admission::new(
+                    config.max_connections,
+                    config.max_connections_per_address,
+                ),
                 config,
-                per_address: Mutex::default(),
                 fatal: Notify::new(),
             }),
         })
@@ -192,42 +194,26 @@ impl Server {
         stop: &watch::Receiver<()>,
     ) {
         let config = &self.shared.config;
-        let refusal = if connections.len() >= config.max_connections {
-            Some("too many connections".to_string())
-        } else {
-            let mut counts = self.shared.connections_by_address();
-            let from_peer = counts.entry(peer.ip()).or_default();
-            if *from_peer >= config.max_connections_per_address {
-                Some(format!(
-                    "{from_peer} connections from {} already",
-                    peer.ip()
-                ))
-            } else {
-                *from_peer += 1;
-                None
+        let admitted = match self.shared.admission.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                warn!(%peer, "{why}; refusing this one");
+                // Best effort and non-blocking: the peer may not be reading
+                // (nor speaking TLS, if it is a flood).
+                if config.tls.is_none() {
+                    let busy = Response::Error {
+                        code: ErrorCode::Busy,
+                        message: why,
+                    };
+                    let _ = stream.try_write(&busy.encode());
+                }
+                return;
             }
-        };
-        if let Some(why) = refusal {
-            warn!(%peer, "{why}; refusing this one");
-            // Best effort and non-blocking: the peer may not be reading
-            // (nor speaking TLS, if it is a flood).
-            if config.tls.is_none() {
-                let busy = Response::Error {
-                    code: ErrorCode::Busy,
-                    message: why,
-                };
-                let _ = stream.try_write(&busy.encode());
-            }
-            return;
-        }
-        let counted = AddressCount {
-            shared: Arc::clone(&self.shared),
-            addr: peer.ip(),
         };
         let shared = Arc::clone(&self.shared);
         let stop = stop.clone();
         connections.spawn(async move {
-            let _counted = counted;
+            let _admitted = admitted;
             // Answers are single small writes; do not let Nagle delay a failover.
             let _ = stream.set_nodelay(true);
             let Some(tls) = shared.config.tls.clone() else {
@@ -245,24 +231,6 @@ impl Server {
                 ),
             }
         });
-    }
-}
-
-/// One connection counted against its address until it ends.
-struct AddressCount {
-    shared: Arc<Shared>,
-    addr: IpAddr,
-}
-
-impl Drop for AddressCount {
-    fn drop(&mut self) {
-        let mut counts = self.shared.connections_by_address();
-        if let Some(count) = counts.get_mut(&self.addr) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.addr);
-            }
-        }
     }
 }
 
@@ -362,12 +330,6 @@ async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
 }
 
 impl Shared {
-    fn connections_by_address(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
-        self.per_address
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     async fn answer(self: &Arc<Self>, request: Request, peer: SocketAddr) -> Response {
         let shared = Arc::clone(self);
         // The ledger blocks on fsync, and running it as its own task means

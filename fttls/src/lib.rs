@@ -15,6 +15,10 @@
 //! the protocol (the log channel's configured peer, the node an arbiter
 //! claim is made for) and checks it with [`PeerCertificate::check_name`].
 
+mod admission;
+
+pub use admission::{Admission, Admitted};
+
 use rustls::client::verify_server_name;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -84,6 +88,35 @@ pub fn choose(
         (None, true) => Ok(None),
         (Some(_), true) => Err(TlsError::BothChosen),
         (None, false) => Err(TlsError::Unchosen(name.to_string())),
+    }
+}
+
+/// How one end secures its connections with one peer.
+#[derive(Clone, Debug, Default)]
+pub enum Security {
+    /// Plain TCP: any host that reaches the port may speak. Only when the
+    /// operator says so (`insecure = true`).
+    #[default]
+    Insecure,
+    /// Mutual TLS: the peer's certificate must chain to the cluster's CA
+    /// and name `peer`.
+    Tls {
+        identity: Arc<Identity>,
+        peer: String,
+    },
+}
+
+impl Security {
+    /// TLS with `peer` if this process has certificates (see [`choose`]),
+    /// plain TCP otherwise.
+    pub fn new(identity: Option<Arc<Identity>>, peer: &str) -> Security {
+        match identity {
+            Some(identity) => Security::Tls {
+                identity,
+                peer: peer.to_string(),
+            },
+            None => Security::Insecure,
+        }
     }
 }
 

@@ -4,11 +4,11 @@
 use crate::config::Config;
 use crate::error::LinkError;
 use crate::hello::Hello;
-use crate::transport::{secure_server, ReadHalf, Security, WriteHalf};
+use crate::transport::{secure_server, ReadHalf, WriteHalf};
 use crate::wire::{encode, Heartbeats, Message, MessageReader, SnapshotEnd};
 use ftlog::Entry;
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use fttls::Security;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -245,71 +245,22 @@ impl BackupListener {
     }
 }
 
-/// The connections in the handshake: bounded in all and per address, so
-/// that idle connections cost bounded memory and one host's flood leaves
-/// room for the primary.
-struct Handshakes {
-    total: usize,
-    per_address: usize,
-    counts: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// One connection's place among the [`Handshakes`], given back on drop.
-struct HandshakeSlot {
-    handshakes: Arc<Handshakes>,
-    addr: IpAddr,
-}
-
-impl Handshakes {
-    fn enter(self: &Arc<Self>, addr: IpAddr) -> Result<HandshakeSlot, String> {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        let in_all: usize = counts.values().sum();
-        let from_addr = counts.get(&addr).copied().unwrap_or(0);
-        if in_all >= self.total {
-            return Err(format!("{in_all} connections are already in the handshake"));
-        }
-        if from_addr >= self.per_address {
-            return Err(format!(
-                "{from_addr} connections from {addr} are already in the handshake"
-            ));
-        }
-        counts.insert(addr, from_addr + 1);
-        Ok(HandshakeSlot {
-            handshakes: self.clone(),
-            addr,
-        })
-    }
-}
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        let mut counts = self
-            .handshakes
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(&self.addr) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.addr);
-            }
-        }
-    }
-}
-
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let handshakes = Arc::new(Handshakes {
-        total: shared.config.max_pending_handshakes,
-        per_address: shared.config.max_pending_per_address,
-        counts: Mutex::default(),
-    });
+    // Connections in the handshake, whose peers are not known yet.
+    let handshakes = fttls::Admission::new(
+        shared.config.max_pending_handshakes,
+        shared.config.max_pending_per_address,
+    );
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => match handshakes.enter(peer.ip()) {
-                Ok(slot) => {
-                    tokio::spawn(serve(stream, peer, slot, shared.clone()));
+            Ok((stream, peer)) => match handshakes.admit(peer.ip()) {
+                Ok(admitted) => {
+                    tokio::spawn(serve(stream, peer, admitted, shared.clone()));
                 }
-                Err(why) => warn!(peer = %peer, "log channel: refused connection: {why}"),
+                Err(why) => warn!(
+                    peer = %peer,
+                    "log channel: refused connection: {why} in the handshake"
+                ),
             },
             Err(e) => {
                 // Typically out of file descriptors; retrying at once would spin.
@@ -324,7 +275,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
-    handshake_slot: HandshakeSlot,
+    in_handshake: fttls::Admitted,
     shared: Arc<Shared>,
 ) {
     let limit = shared.config.handshake_timeout;
@@ -351,7 +302,7 @@ async fn serve(
             return;
         }
     };
-    drop(handshake_slot);
+    drop(in_handshake);
     let Accepted {
         slot,
         reader,

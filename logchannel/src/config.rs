@@ -1,6 +1,6 @@
 //! Timeouts and limits of the log channel.
 
-use crate::transport::Security;
+use fttls::Security;
 use std::time::Duration;
 
 /// Tuning shared by both ends; fields marked "backup" only matter to a

@@ -93,7 +93,9 @@ pub mod wire;
 pub use backup::{BackupListener, Event, Verify};
 pub use config::Config;
 pub use error::LinkError;
+/// The security of both ends' connections (mutual TLS with the other
+/// node, or plain TCP when the operator asks for it).
+pub use fttls::Security;
 pub use hello::{Hello, PROTOCOL_VERSION};
 pub use primary::{Joining, PendingLink, PrimaryLink};
-pub use transport::Security;
 pub use wire::{SnapshotEnd, MAX_BODY_LEN, PAGE_SIZE};

@@ -3,27 +3,12 @@
 //! the peer checked by node name, before any message is read.
 
 use crate::error::LinkError;
-use std::sync::Arc;
+use fttls::Security;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
-
-/// The security of both ends' connections.
-#[derive(Clone, Debug, Default)]
-pub enum Security {
-    /// Plain TCP: any host that reaches the port may speak. Only when the
-    /// operator says so (`insecure = true`).
-    #[default]
-    Insecure,
-    /// Mutual TLS: the peer's certificate must chain to the cluster's CA
-    /// and name `peer`, the other node of the pair.
-    Tls {
-        identity: Arc<fttls::Identity>,
-        peer: String,
-    },
-}
 
 fn halves<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> (ReadHalf, WriteHalf) {
     let (read, write) = tokio::io::split(stream);

@@ -4,15 +4,15 @@
 
 use anyhow::{Context, Result};
 use arbiter::{
-    AnyArbiter, Arbiter, ArbiterAddress, ArbiterError, ArbiterSecurity, ArbiterState, ClaimOutcome,
-    Claimant, RenewOutcome,
+    AnyArbiter, Arbiter, ArbiterAddress, ArbiterError, ArbiterState, ClaimOutcome, Claimant,
+    RenewOutcome,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub struct Arbitration {
     address: ArbiterAddress,
-    security: ArbiterSecurity,
+    security: fttls::Security,
     node: String,
     incarnation: u64,
     /// Bounds every call, connecting included.
@@ -25,7 +25,7 @@ pub struct Arbitration {
 impl Arbitration {
     pub fn new(
         address: &ArbiterAddress,
-        security: &ArbiterSecurity,
+        security: &fttls::Security,
         node: &str,
         incarnation: u64,
         call_timeout: Duration,

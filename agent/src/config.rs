@@ -191,46 +191,33 @@ impl ReplicationArgs {
     /// node without a chosen security; loads the certificates.
     pub fn check(&self) -> Result<()> {
         check_timing(self.heartbeat_ms, self.silence_ms).map_err(anyhow::Error::msg)?;
-        if self.tls_dir.is_some() && self.peer.is_none() {
-            bail!("with tls_dir, give peer: the other node's name, which its certificate carries");
-        }
         self.identity().map(drop)
     }
 
     /// The certificates this node presents (`None`: insecure), loaded
-    /// the first time.
+    /// the first time; with them, `peer` is known.
     fn identity(&self) -> Result<Option<std::sync::Arc<fttls::Identity>>> {
         if let Some(identity) = self.identity.get() {
             return Ok(identity.clone());
+        }
+        if self.tls_dir.is_some() && self.peer.is_none() {
+            bail!("with tls_dir, give peer: the other node's name, which its certificate carries");
         }
         let identity = fttls::choose(self.tls_dir.as_deref(), self.insecure, &self.node)?;
         Ok(self.identity.get_or_init(|| identity).clone())
     }
 
     /// How this node reaches the arbiter.
-    pub fn arbiter_security(&self) -> Result<arbiter::ArbiterSecurity> {
-        Ok(match self.identity()? {
-            Some(identity) => arbiter::ArbiterSecurity::Tls {
-                identity,
-                arbiter: self.arbiter_name.clone(),
-            },
-            None => arbiter::ArbiterSecurity::Insecure,
-        })
+    pub fn arbiter_security(&self) -> Result<fttls::Security> {
+        Ok(fttls::Security::new(self.identity()?, &self.arbiter_name))
     }
 
     pub fn channel_config(&self) -> Result<logchannel::Config> {
-        let security = match (self.identity()?, &self.peer) {
-            (Some(identity), Some(peer)) => logchannel::Security::Tls {
-                identity,
-                peer: peer.clone(),
-            },
-            (Some(_), None) => bail!("with tls_dir, give peer: the other node's name"),
-            (None, _) => logchannel::Security::Insecure,
-        };
+        let peer = self.peer.as_deref().unwrap_or_default();
         Ok(logchannel::Config {
             heartbeat_interval: self.heartbeat(),
             silence_timeout: self.silence(),
-            security,
+            security: fttls::Security::new(self.identity()?, peer),
             ..logchannel::Config::default()
         })
     }

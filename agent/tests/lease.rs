@@ -7,7 +7,7 @@ use agent::lease::{LeaseKeeper, Renewal};
 use agent::serve::ReleaserEnd;
 use agent::status::Status;
 use arbiter::{
-    ArbiterAddress, ArbiterClient, ArbiterSecurity, ClaimOutcome, Claimant, Server, ServerConfig,
+    Arbiter, ArbiterAddress, ArbiterClient, ClaimOutcome, Claimant, Server, ServerConfig,
 };
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -46,7 +46,7 @@ fn keeper(addr: SocketAddr, who: &Claimant, generation: u64, alone: bool) -> Lea
     let renewal = Renewal {
         arbitration: Arbitration::new(
             &ArbiterAddress::Embedded(addr.to_string()),
-            &ArbiterSecurity::Insecure,
+            &fttls::Security::Insecure,
             who.node,
             who.incarnation,
             Duration::from_secs(2),

@@ -12,7 +12,7 @@ use agent::role::Role;
 use agent::serve::{OutputGate, Releaser, ReleaserEnd, RoleControl};
 use agent::status::Status;
 use arbiter::protocol::{read_frame, write_frame, ErrorCode, Request, Response};
-use arbiter::{ArbiterAddress, ArbiterSecurity};
+use arbiter::ArbiterAddress;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::sync_channel;
@@ -91,7 +91,7 @@ fn serve_alone(answer: fn(&Request) -> Response) -> Run {
         },
         arbitration: Arbitration::new(
             &ArbiterAddress::Embedded(addr.to_string()),
-            &ArbiterSecurity::Insecure,
+            &fttls::Security::Insecure,
             "a",
             5,
             Duration::from_secs(2),

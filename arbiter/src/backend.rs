@@ -1,10 +1,12 @@
 //! Where the arbiter is: the embedded server over TCP, or an etcd cluster,
 //! chosen by the address the operator gives (`--arbiter`).
 
-use crate::client::{Arbiter, ArbiterClient, ArbiterError, ArbiterSecurity};
+use crate::client::{Arbiter, ArbiterClient, ArbiterError, DEFAULT_ARBITER_NAME};
 use crate::etcd::EtcdArbiter;
 use crate::state::{ArbiterState, ClaimOutcome, Claimant, RenewOutcome};
+use fttls::Security;
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -102,6 +104,33 @@ impl fmt::Display for ArbiterAddress {
     }
 }
 
+/// How an operator's tool (`arbiter query|claim|release`, `ftctl`) reaches
+/// the arbiter: with certificates of its own, or in plain TCP.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClientTlsArgs {
+    /// Mutual TLS: a directory `ftctl certs` made, for `--name`.
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
+    /// The name this client's certificate carries. A claim must be made
+    /// with the claiming node's own certificate.
+    #[arg(long, default_value = "operator")]
+    pub name: String,
+    /// The name the arbiter's certificate must carry.
+    #[arg(long, default_value = DEFAULT_ARBITER_NAME)]
+    pub arbiter_name: String,
+    /// Plain TCP, to an arbiter started with `--insecure`.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl ClientTlsArgs {
+    /// Loads the certificates, if any were given.
+    pub fn security(&self) -> Result<Security, fttls::TlsError> {
+        let identity = fttls::choose(self.tls_dir.as_deref(), self.insecure, &self.name)?;
+        Ok(Security::new(identity, &self.arbiter_name))
+    }
+}
+
 /// A connection to whichever arbiter the address names.
 pub enum AnyArbiter {
     Embedded(ArbiterClient),
@@ -116,7 +145,7 @@ impl AnyArbiter {
     /// security is etcd's (this client speaks plain gRPC to it).
     pub async fn connect(
         address: &ArbiterAddress,
-        security: &ArbiterSecurity,
+        security: &Security,
         call_timeout: Duration,
     ) -> Result<AnyArbiter, ArbiterError> {
         Ok(match address {

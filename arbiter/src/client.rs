@@ -4,10 +4,10 @@ use crate::protocol::{
     read_frame, validate_node, write_frame, ErrorCode, ProtocolError, Request, Response,
 };
 use crate::state::{ArbiterState, ClaimOutcome, Claimant, RenewOutcome};
+use fttls::Security;
 use std::future::Future;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{lookup_host, TcpStream, ToSocketAddrs};
@@ -129,20 +129,6 @@ impl ArbiterError {
     }
 }
 
-/// How a client reaches the embedded arbiter.
-#[derive(Clone, Debug, Default)]
-pub enum ArbiterSecurity {
-    /// Plain TCP, only when the operator asks for it.
-    #[default]
-    Insecure,
-    /// Mutual TLS: the server must present a certificate from the
-    /// cluster's CA naming `arbiter`, and gets this process's.
-    Tls {
-        identity: Arc<fttls::Identity>,
-        arbiter: String,
-    },
-}
-
 /// The name the arbiter's certificate carries unless configured.
 pub const DEFAULT_ARBITER_NAME: &str = "arbiter";
 
@@ -161,21 +147,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Conn for T {}
 pub struct ArbiterClient {
     addrs: Vec<SocketAddr>,
     timeout: Duration,
-    security: ArbiterSecurity,
+    /// With TLS, the peer is the arbiter's certificate name.
+    security: Security,
     conn: Option<Box<dyn Conn>>,
 }
 
 impl ArbiterClient {
     /// Plain TCP, with the default timeout (for tests and tools).
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<ArbiterClient, ArbiterError> {
-        ArbiterClient::connect_with(addr, DEFAULT_TIMEOUT, ArbiterSecurity::Insecure).await
+        ArbiterClient::connect_with(addr, DEFAULT_TIMEOUT, Security::Insecure).await
     }
 
     /// Resolves and connects; `call_timeout` bounds this and every later call.
     pub async fn connect_with(
         addr: impl ToSocketAddrs,
         call_timeout: Duration,
-        security: ArbiterSecurity,
+        security: Security,
     ) -> Result<ArbiterClient, ArbiterError> {
         timeout(call_timeout, async {
             let addrs = lookup_host(addr)
@@ -193,71 +180,6 @@ impl ArbiterClient {
         })
         .await
         .map_err(|_| ArbiterError::Timeout(call_timeout))?
-    }
-
-    /// Asks for generation `expected_generation + 1`.
-    pub async fn claim(
-        &mut self,
-        who: &Claimant<'_>,
-        expected_generation: u64,
-    ) -> Result<ClaimOutcome, ArbiterError> {
-        validate_node(who.node)?;
-        let request = Request::Claim {
-            node: who.node.to_owned(),
-            incarnation: who.incarnation,
-            expected_generation,
-        };
-        match self.call(&request).await? {
-            Response::Granted { generation } => Ok(ClaimOutcome::Granted { generation }),
-            Response::Denied { generation, owner } => {
-                Ok(ClaimOutcome::Denied { generation, owner })
-            }
-            other => Err(ArbiterError::UnexpectedResponse(other)),
-        }
-    }
-
-    /// Extends `who`'s lease on `generation` (the arbiter may shorten it).
-    pub async fn renew(
-        &mut self,
-        who: &Claimant<'_>,
-        generation: u64,
-        lease: Duration,
-    ) -> Result<RenewOutcome, ArbiterError> {
-        validate_node(who.node)?;
-        let request = Request::Renew {
-            node: who.node.to_owned(),
-            incarnation: who.incarnation,
-            generation,
-            lease_ms: u32::try_from(lease.as_millis()).unwrap_or(u32::MAX),
-        };
-        match self.call(&request).await? {
-            Response::Leased {
-                generation,
-                lease_ms,
-            } => Ok(RenewOutcome::Leased {
-                generation,
-                lease_ms,
-            }),
-            Response::Denied { generation, owner } => {
-                Ok(RenewOutcome::Denied { generation, owner })
-            }
-            other => Err(ArbiterError::UnexpectedResponse(other)),
-        }
-    }
-
-    /// Clears the owner of `generation`; answers the state after it.
-    pub async fn release(&mut self, generation: u64) -> Result<ArbiterState, ArbiterError> {
-        match self.call(&Request::Release { generation }).await? {
-            Response::State(state) => Ok(state),
-            other => Err(ArbiterError::UnexpectedResponse(other)),
-        }
-    }
-
-    pub async fn query(&mut self) -> Result<ArbiterState, ArbiterError> {
-        match self.call(&Request::Query).await? {
-            Response::State(state) => Ok(state),
-            other => Err(ArbiterError::UnexpectedResponse(other)),
-        }
     }
 
     async fn call(&mut self, request: &Request) -> Result<Response, ArbiterError> {
@@ -298,9 +220,9 @@ impl ArbiterClient {
         // Requests are single small writes; do not let Nagle delay a failover.
         let _ = conn.set_nodelay(true);
         match &self.security {
-            ArbiterSecurity::Insecure => Ok(Box::new(conn)),
-            ArbiterSecurity::Tls { identity, arbiter } => {
-                let conn = identity.connect(conn, arbiter).await.map_err(|e| match e {
+            Security::Insecure => Ok(Box::new(conn)),
+            Security::Tls { identity, peer } => {
+                let conn = identity.connect(conn, peer).await.map_err(|e| match e {
                     fttls::TlsError::Handshake(io) => ProtocolError::Io(io).into(),
                     refused => ArbiterError::Unauthenticated(refused.to_string()),
                 })?;
@@ -334,29 +256,70 @@ impl ArbiterClient {
     }
 }
 
+/// Callers use these through [`Arbiter`] (or [`crate::AnyArbiter`]).
 impl Arbiter for ArbiterClient {
+    /// Asks for generation `expected_generation + 1`.
     async fn claim(
         &mut self,
         who: &Claimant<'_>,
         expected_generation: u64,
     ) -> Result<ClaimOutcome, ArbiterError> {
-        ArbiterClient::claim(self, who, expected_generation).await
+        validate_node(who.node)?;
+        let request = Request::Claim {
+            node: who.node.to_owned(),
+            incarnation: who.incarnation,
+            expected_generation,
+        };
+        match self.call(&request).await? {
+            Response::Granted { generation } => Ok(ClaimOutcome::Granted { generation }),
+            Response::Denied { generation, owner } => {
+                Ok(ClaimOutcome::Denied { generation, owner })
+            }
+            other => Err(ArbiterError::UnexpectedResponse(other)),
+        }
     }
 
+    /// Extends `who`'s lease on `generation` (the arbiter may shorten it).
     async fn renew(
         &mut self,
         who: &Claimant<'_>,
         generation: u64,
         lease: Duration,
     ) -> Result<RenewOutcome, ArbiterError> {
-        ArbiterClient::renew(self, who, generation, lease).await
+        validate_node(who.node)?;
+        let request = Request::Renew {
+            node: who.node.to_owned(),
+            incarnation: who.incarnation,
+            generation,
+            lease_ms: u32::try_from(lease.as_millis()).unwrap_or(u32::MAX),
+        };
+        match self.call(&request).await? {
+            Response::Leased {
+                generation,
+                lease_ms,
+            } => Ok(RenewOutcome::Leased {
+                generation,
+                lease_ms,
+            }),
+            Response::Denied { generation, owner } => {
+                Ok(RenewOutcome::Denied { generation, owner })
+            }
+            other => Err(ArbiterError::UnexpectedResponse(other)),
+        }
     }
 
+    /// Clears the owner of `generation`; answers the state after it.
     async fn release(&mut self, generation: u64) -> Result<ArbiterState, ArbiterError> {
-        ArbiterClient::release(self, generation).await
+        match self.call(&Request::Release { generation }).await? {
+            Response::State(state) => Ok(state),
+            other => Err(ArbiterError::UnexpectedResponse(other)),
+        }
     }
 
     async fn query(&mut self) -> Result<ArbiterState, ArbiterError> {
-        ArbiterClient::query(self).await
+        match self.call(&Request::Query).await? {
+            Response::State(state) => Ok(state),
+            other => Err(ArbiterError::UnexpectedResponse(other)),
+        }
     }
 }

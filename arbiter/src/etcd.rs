@@ -143,6 +143,12 @@ impl EtcdArbiter {
         }
     }
 
+    /// An incarnation as stored: 16 hex digits.
+    fn incarnation(key: &str, text: &str) -> Result<u64, ArbiterError> {
+        u64::from_str_radix(text, 16)
+            .map_err(|e| Self::bad_record(key, format!("incarnation: {e}")))
+    }
+
     /// Both keys in one linearizable read.
     async fn read(&mut self) -> Result<Seen, ArbiterError> {
         let prefix = self.prefix.clone();
@@ -162,8 +168,7 @@ impl EtcdArbiter {
             if key == self.record_key {
                 let stored: StoredRecord =
                     serde_json::from_slice(kv.value()).map_err(|e| Self::bad_record(&key, e))?;
-                let incarnation = u64::from_str_radix(&stored.incarnation, 16)
-                    .map_err(|e| Self::bad_record(&key, format!("incarnation: {e}")))?;
+                let incarnation = Self::incarnation(&key, &stored.incarnation)?;
                 if stored.owner.is_some() != (incarnation != 0) {
                     return Err(Self::bad_record(
                         &key,
@@ -179,9 +184,7 @@ impl EtcdArbiter {
             } else if key == self.lease_key {
                 let stored: StoredLease =
                     serde_json::from_slice(kv.value()).map_err(|e| Self::bad_record(&key, e))?;
-                let incarnation = u64::from_str_radix(&stored.incarnation, 16)
-                    .map_err(|e| Self::bad_record(&key, format!("incarnation: {e}")))?;
-                seen.leased_to = Some(incarnation);
+                seen.leased_to = Some(Self::incarnation(&key, &stored.incarnation)?);
                 seen.lease_revision = kv.mod_revision();
             }
         }
@@ -257,45 +260,41 @@ impl EtcdArbiter {
         who: &Claimant<'_>,
         expected_generation: u64,
     ) -> Result<ClaimOutcome, ArbiterError> {
-        {
-            for _ in 0..MAX_RACES {
-                let seen = self.read().await?;
-                match decide(&seen.state, who, expected_generation, seen.leased_to) {
-                    Decision::Grant(next) => {
-                        // The old owner's lease ends with its generation.
-                        let changes = vec![
-                            self.put_record(&next),
-                            TxnOp::delete(self.lease_key.clone(), None),
-                        ];
-                        if self.commit(&seen, true, changes).await? {
-                            return Ok(ClaimOutcome::Granted {
-                                generation: next.generation,
-                            });
-                        }
-                    }
-                    Decision::Repeat { generation } => {
-                        return Ok(ClaimOutcome::Granted { generation })
-                    }
-                    Decision::Deny => {
-                        return Ok(ClaimOutcome::Denied {
-                            generation: seen.state.generation,
-                            owner: seen.state.owner,
-                        })
-                    }
-                    Decision::Wait => {
-                        return Err(ArbiterError::Refused {
-                            code: ErrorCode::Busy,
-                            message: format!(
-                                "generation {} is leased to {}; ask again later",
-                                seen.state.generation,
-                                seen.state.owner.as_deref().unwrap_or("-")
-                            ),
-                        })
+        for _ in 0..MAX_RACES {
+            let seen = self.read().await?;
+            match decide(&seen.state, who, expected_generation, seen.leased_to) {
+                Decision::Grant(next) => {
+                    // The old owner's lease ends with its generation.
+                    let changes = vec![
+                        self.put_record(&next),
+                        TxnOp::delete(self.lease_key.clone(), None),
+                    ];
+                    if self.commit(&seen, true, changes).await? {
+                        return Ok(ClaimOutcome::Granted {
+                            generation: next.generation,
+                        });
                     }
                 }
+                Decision::Repeat { generation } => return Ok(ClaimOutcome::Granted { generation }),
+                Decision::Deny => {
+                    return Ok(ClaimOutcome::Denied {
+                        generation: seen.state.generation,
+                        owner: seen.state.owner,
+                    })
+                }
+                Decision::Wait => {
+                    return Err(ArbiterError::Refused {
+                        code: ErrorCode::Busy,
+                        message: format!(
+                            "generation {} is leased to {}; ask again later",
+                            seen.state.generation,
+                            seen.state.owner.as_deref().unwrap_or("-")
+                        ),
+                    })
+                }
             }
-            Err(self.lost_races())
         }
+        Err(self.lost_races())
     }
 
     /// One member's answer to a renewal.
@@ -305,68 +304,64 @@ impl EtcdArbiter {
         generation: u64,
         lease: Duration,
     ) -> Result<RenewOutcome, ArbiterError> {
-        {
-            for _ in 0..MAX_RACES {
-                let seen = self.read().await?;
-                if !may_renew(&seen.state, who, generation) {
-                    return Ok(RenewOutcome::Denied {
-                        generation: seen.state.generation,
-                        owner: seen.state.owner,
-                    });
-                }
-                if lease.is_zero() {
-                    return Ok(RenewOutcome::Leased {
-                        generation,
-                        lease_ms: 0,
-                    });
-                }
-                let seconds = i64::try_from(lease.as_millis().div_ceil(1000)).unwrap_or(i64::MAX);
-                let granted = self.connected().await?.lease_grant(seconds, None).await?;
-                let stored = StoredLease {
-                    generation,
-                    incarnation: incarnation_text(who.incarnation),
-                };
-                let value = serde_json::to_vec(&stored).expect("a lease serializes");
-                let attach = TxnOp::put(
-                    self.lease_key.clone(),
-                    value,
-                    Some(PutOptions::new().with_lease(granted.id())),
-                );
-                if self.commit(&seen, false, vec![attach]).await? {
-                    // The key has moved off the previous lease: it guards nothing.
-                    if let Some(previous) = self.our_lease.replace(granted.id()) {
-                        self.revoke(previous).await;
-                    }
-                    let granted_ms = u128::try_from(granted.ttl()).unwrap_or(0) * 1000;
-                    let lease_ms = lease.as_millis().min(granted_ms);
-                    return Ok(RenewOutcome::Leased {
-                        generation,
-                        lease_ms: u32::try_from(lease_ms).unwrap_or(u32::MAX),
-                    });
-                }
-                self.revoke(granted.id()).await;
+        for _ in 0..MAX_RACES {
+            let seen = self.read().await?;
+            if !may_renew(&seen.state, who, generation) {
+                return Ok(RenewOutcome::Denied {
+                    generation: seen.state.generation,
+                    owner: seen.state.owner,
+                });
             }
-            Err(self.lost_races())
+            if lease.is_zero() {
+                return Ok(RenewOutcome::Leased {
+                    generation,
+                    lease_ms: 0,
+                });
+            }
+            let seconds = i64::try_from(lease.as_millis().div_ceil(1000)).unwrap_or(i64::MAX);
+            let granted = self.connected().await?.lease_grant(seconds, None).await?;
+            let stored = StoredLease {
+                generation,
+                incarnation: incarnation_text(who.incarnation),
+            };
+            let value = serde_json::to_vec(&stored).expect("a lease serializes");
+            let attach = TxnOp::put(
+                self.lease_key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(granted.id())),
+            );
+            if self.commit(&seen, false, vec![attach]).await? {
+                // The key has moved off the previous lease: it guards nothing.
+                if let Some(previous) = self.our_lease.replace(granted.id()) {
+                    self.revoke(previous).await;
+                }
+                let granted_ms = u128::try_from(granted.ttl()).unwrap_or(0) * 1000;
+                let lease_ms = lease.as_millis().min(granted_ms);
+                return Ok(RenewOutcome::Leased {
+                    generation,
+                    lease_ms: u32::try_from(lease_ms).unwrap_or(u32::MAX),
+                });
+            }
+            self.revoke(granted.id()).await;
         }
+        Err(self.lost_races())
     }
 
     /// One member's answer to a release.
     async fn release_once(&mut self, generation: u64) -> Result<ArbiterState, ArbiterError> {
-        {
-            for _ in 0..MAX_RACES {
-                let seen = self.read().await?;
-                let Some(next) = release(&seen.state, generation) else {
-                    return Ok(seen.state);
-                };
-                // The lease key stays until it runs out: the released owner
-                // may be serving until then.
-                let put = self.put_record(&next);
-                if self.commit(&seen, false, vec![put]).await? {
-                    return Ok(next);
-                }
+        for _ in 0..MAX_RACES {
+            let seen = self.read().await?;
+            let Some(next) = release(&seen.state, generation) else {
+                return Ok(seen.state);
+            };
+            // The lease key stays until it runs out: the released owner
+            // may be serving until then.
+            let put = self.put_record(&next);
+            if self.commit(&seen, false, vec![put]).await? {
+                return Ok(next);
             }
-            Err(self.lost_races())
         }
+        Err(self.lost_races())
     }
 }
 

@@ -106,11 +106,11 @@ mod server;
 mod state;
 mod store;
 
-pub use backend::{AddressError, AnyArbiter, ArbiterAddress, EtcdTarget};
-pub use client::{
-    Arbiter, ArbiterClient, ArbiterError, ArbiterSecurity, DEFAULT_ARBITER_NAME, DEFAULT_TIMEOUT,
-};
+pub use backend::{AddressError, AnyArbiter, ArbiterAddress, ClientTlsArgs, EtcdTarget};
+pub use client::{Arbiter, ArbiterClient, ArbiterError, DEFAULT_ARBITER_NAME, DEFAULT_TIMEOUT};
 pub use etcd::EtcdArbiter;
+/// How a client secures its connection to the embedded arbiter.
+pub use fttls::Security;
 pub use protocol::ErrorCode;
 pub use server::{serve, ServeError, Server, ServerConfig, DEFAULT_MAX_LEASE};
 pub use state::{new_incarnation, ArbiterState, ClaimOutcome, Claimant, RenewOutcome};

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use arbiter::{
-    AnyArbiter, Arbiter, ArbiterAddress, ArbiterSecurity, ClaimOutcome, Claimant, Server,
+    AnyArbiter, Arbiter, ArbiterAddress, ClaimOutcome, Claimant, ClientTlsArgs, Server,
     ServerConfig, DEFAULT_ARBITER_NAME, DEFAULT_TIMEOUT,
 };
 use clap::{Args, Parser, Subcommand};
@@ -137,19 +137,8 @@ struct ClientArgs {
     connect: ArbiterAddress,
     #[arg(long, default_value_t = millis(DEFAULT_TIMEOUT))]
     timeout_ms: u64,
-    /// Mutual TLS: a directory `ftctl certs` made, for `--name`.
-    #[arg(long)]
-    tls_dir: Option<PathBuf>,
-    /// The name this client's certificate carries. A claim must be made
-    /// with the claiming node's own certificate.
-    #[arg(long, default_value = "operator")]
-    name: String,
-    /// The name the arbiter's certificate must carry.
-    #[arg(long, default_value = DEFAULT_ARBITER_NAME)]
-    arbiter_name: String,
-    /// Plain TCP, to an arbiter started with `--insecure`.
-    #[arg(long)]
-    insecure: bool,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 /// The library's defaults, so that `--help` shows them and they are stated once.
@@ -237,13 +226,7 @@ async fn run_server(cli: Cli) -> Result<()> {
 }
 
 async fn connect(args: &ClientArgs) -> Result<AnyArbiter> {
-    let security = match fttls::choose(args.tls_dir.as_deref(), args.insecure, &args.name)? {
-        Some(identity) => ArbiterSecurity::Tls {
-            identity,
-            arbiter: args.arbiter_name.clone(),
-        },
-        None => ArbiterSecurity::Insecure,
-    };
+    let security = args.tls.security()?;
     AnyArbiter::connect(
         &args.connect,
         &security,

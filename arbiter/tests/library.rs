@@ -4,8 +4,8 @@
 mod common;
 
 use arbiter::{
-    serve, Arbiter, ArbiterClient, ArbiterError, ArbiterSecurity, ArbiterState, ClaimOutcome,
-    ErrorCode, ServeError, Server, ServerConfig, StoreError,
+    serve, Arbiter, ArbiterClient, ArbiterError, ArbiterState, ClaimOutcome, ErrorCode, ServeError,
+    Server, ServerConfig, StoreError,
 };
 use common::{as_node, TempDir, WAIT};
 use std::time::Duration;
@@ -106,7 +106,7 @@ async fn client_survives_an_arbiter_restart() {
         ..ServerConfig::new(&state)
     };
     let server = Running::start(listener, config).await;
-    let mut c = ArbiterClient::connect_with(addr, WAIT, ArbiterSecurity::Insecure)
+    let mut c = ArbiterClient::connect_with(addr, WAIT, fttls::Security::Insecure)
         .await
         .unwrap();
     assert_eq!(
@@ -144,11 +144,11 @@ async fn connections_beyond_the_limit_are_refused_without_harm() {
         ..ServerConfig::new(dir.path("state"))
     };
     let server = Running::start(listener, config).await;
-    let mut first = ArbiterClient::connect_with(addr, WAIT, ArbiterSecurity::Insecure)
+    let mut first = ArbiterClient::connect_with(addr, WAIT, fttls::Security::Insecure)
         .await
         .unwrap();
     first.query().await.unwrap();
-    let mut second = ArbiterClient::connect_with(addr, WAIT, ArbiterSecurity::Insecure)
+    let mut second = ArbiterClient::connect_with(addr, WAIT, fttls::Security::Insecure)
         .await
         .unwrap();
     match second.claim(&as_node("b"), 0).await {
@@ -178,7 +178,7 @@ async fn client_calls_are_bounded_by_its_timeout() {
         drop(conn);
     });
     let timeout = Duration::from_millis(200);
-    let mut c = ArbiterClient::connect_with(addr, timeout, ArbiterSecurity::Insecure)
+    let mut c = ArbiterClient::connect_with(addr, timeout, fttls::Security::Insecure)
         .await
         .unwrap();
     assert!(matches!(

@@ -3,7 +3,7 @@
 mod common;
 
 use arbiter::protocol::{read_frame, Request, Response, HEADER_LEN};
-use arbiter::{ArbiterClient, ArbiterSecurity, ArbiterState, ClaimOutcome, ErrorCode};
+use arbiter::{Arbiter, ArbiterClient, ArbiterState, ClaimOutcome, ErrorCode};
 use common::{as_node, run, text, ArbiterProcess, TempDir, WAIT};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -27,7 +27,7 @@ fn denied(generation: u64, owner: &str) -> ClaimOutcome {
 }
 
 async fn client(addr: SocketAddr) -> ArbiterClient {
-    ArbiterClient::connect_with(addr, WAIT, ArbiterSecurity::Insecure)
+    ArbiterClient::connect_with(addr, WAIT, fttls::Security::Insecure)
         .await
         .expect("connect to arbiter")
 }

@@ -30,7 +30,7 @@ use agent::role::{after_backup_denial, holding_claim, BackupVerdict, Role};
 use agent::serve::{finish_serving, OutputGate, Releaser, RoleControl, EXIT_DEPOSED};
 use agent::status::Status;
 use anyhow::{Context, Result};
-use arbiter::{ArbiterAddress, ArbiterSecurity, ClaimOutcome, Claimant};
+use arbiter::{ArbiterAddress, ClaimOutcome, Claimant};
 use clap::Parser;
 use logchannel::{BackupListener, Hello, Verify};
 use source::{ChannelSource, Session, Unreleased};
@@ -211,7 +211,7 @@ fn run(args: Args) -> Result<ExitCode> {
 
 /// The backup's check of a primary's claimed generation: the arbiter's
 /// record must name exactly that primary process at that generation.
-fn verify_with(arbiter: ArbiterAddress, security: ArbiterSecurity) -> Verify {
+fn verify_with(arbiter: ArbiterAddress, security: fttls::Security) -> Verify {
     Arc::new(move |hello: &Hello, generation: u64| {
         let (node, incarnation) = (hello.node.clone(), hello.incarnation);
         let (arbiter, security) = (arbiter.clone(), security.clone());

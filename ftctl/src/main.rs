@@ -6,7 +6,7 @@
 use agent::arbitration::Arbitration;
 use agent::status::StatusReport;
 use anyhow::{Context, Result};
-use arbiter::{ArbiterAddress, ArbiterSecurity};
+use arbiter::{ArbiterAddress, ClientTlsArgs};
 use clap::{Parser, Subcommand};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -48,19 +48,9 @@ struct StatusArgs {
     /// The arbiter, whose record is shown above the nodes.
     #[arg(long)]
     arbiter: Option<ArbiterAddress>,
-    /// Mutual TLS with the arbiter: a directory `ftctl certs` made, for
-    /// `--name`.
-    #[arg(long)]
-    tls_dir: Option<PathBuf>,
-    /// The name this tool's certificate carries.
-    #[arg(long, default_value = "operator")]
-    name: String,
-    /// The name the arbiter's certificate must carry.
-    #[arg(long, default_value = arbiter::DEFAULT_ARBITER_NAME)]
-    arbiter_name: String,
-    /// Plain TCP to an arbiter started with `--insecure`.
-    #[arg(long)]
-    insecure: bool,
+    /// How to reach the arbiter.
+    #[command(flatten)]
+    tls: ClientTlsArgs,
     /// Redraw every second until interrupted.
     #[arg(long)]
     watch: bool,
@@ -100,9 +90,20 @@ fn certs(out: &std::path::Path, names: &[String]) -> Result<()> {
 /// answered without an alarm, the last time.
 fn status(args: &StatusArgs) -> Result<bool> {
     let terminal = std::io::stdout().is_terminal();
+    // One client for every view: its connection is kept between them.
+    let mut arbiter = match &args.arbiter {
+        Some(address) => Some(Arbitration::new(
+            address,
+            &args.tls.security()?,
+            &args.tls.name,
+            0,
+            TIMEOUT,
+        )?),
+        None => None,
+    };
     let mut views = 0u64;
     loop {
-        let (text, all_well) = view(args);
+        let (text, all_well) = view(args, arbiter.as_mut());
         let mut out = std::io::stdout().lock();
         if args.watch && terminal {
             // Home and clear: redrawn in place.
@@ -123,18 +124,18 @@ fn status(args: &StatusArgs) -> Result<bool> {
 }
 
 /// One view of the cluster, and whether all is well in it.
-fn view(args: &StatusArgs) -> (String, bool) {
+fn view(args: &StatusArgs, arbiter: Option<&mut Arbitration>) -> (String, bool) {
     let mut text = String::new();
     let mut all_well = true;
-    if let Some(arbiter) = &args.arbiter {
-        let line = match arbiter_record(arbiter, args) {
+    if let Some(arbiter) = arbiter {
+        let line = match arbiter_record(arbiter) {
             Ok(line) => line,
             Err(e) => {
                 all_well = false;
                 format!("cannot ask: {e:#}")
             }
         };
-        text.push_str(&format!("arbiter {arbiter}: {line}\n"));
+        text.push_str(&format!("arbiter {}: {line}\n", arbiter.address()));
     }
     text.push_str(&format!(
         "{:<10} {:<21} {:<14} {:>4} {:<9} {:<16} {:>4}  {}\n",
@@ -198,16 +199,8 @@ fn node_status(addr: SocketAddr) -> Result<StatusReport> {
     serde_json::from_str(&body).context("parse /status")
 }
 
-fn arbiter_record(arbiter: &ArbiterAddress, args: &StatusArgs) -> Result<String> {
-    let security = match fttls::choose(args.tls_dir.as_deref(), args.insecure, &args.name)? {
-        Some(identity) => ArbiterSecurity::Tls {
-            identity,
-            arbiter: args.arbiter_name.clone(),
-        },
-        None => ArbiterSecurity::Insecure,
-    };
-    let mut arbitration = Arbitration::new(arbiter, &security, &args.name, 0, TIMEOUT)?;
-    let record = arbitration.record()?;
+fn arbiter_record(arbiter: &mut Arbitration) -> Result<String> {
+    let record = arbiter.record()?;
     Ok(format!(
         "generation {}, owner {}",
         record.generation,

@@ -886,6 +886,19 @@ impl Cluster {
         std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
     }
 
+    /// Waits until the log of `host`'s latest agent has a line with
+    /// `needle`, and returns it.
+    pub fn wait_log_line(&self, host: Host, needle: &str, limit: Duration) -> Result<String> {
+        wait_for(
+            &format!("host-{}'s log to say {needle:?}", host.node()),
+            limit,
+            || {
+                let log = self.node_log(host)?;
+                Ok(log.lines().find(|l| l.contains(needle)).map(str::to_string))
+            },
+        )
+    }
+
     /// The arbiter's log, across its restarts.
     pub fn arbiter_log(&self) -> Result<String> {
         let path = self.scratch.path().join("arbiter.log");

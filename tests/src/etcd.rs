@@ -75,14 +75,6 @@ impl EtcdCluster {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
     /// `HOST:PORT,…` of the members' client addresses.
     pub fn client_addrs(&self) -> String {
         self.members

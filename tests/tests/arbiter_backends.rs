@@ -4,8 +4,8 @@
 //! (`arbiter::AnyArbiter`, from a host's namespace across the LAN).
 
 use arbiter::{
-    AnyArbiter, Arbiter, ArbiterAddress, ArbiterError, ArbiterSecurity, ArbiterState, ClaimOutcome,
-    Claimant, ErrorCode, RenewOutcome,
+    AnyArbiter, Arbiter, ArbiterAddress, ArbiterError, ArbiterState, ClaimOutcome, Claimant,
+    ErrorCode, RenewOutcome, Security,
 };
 use ft_tests::cluster::{Cluster, Host};
 use ft_tests::require_root;
@@ -41,7 +41,7 @@ fn is_busy(result: &Result<ClaimOutcome, ArbiterError>) -> bool {
 }
 
 async fn connect(address: &ArbiterAddress) -> AnyArbiter {
-    AnyArbiter::connect(address, &ArbiterSecurity::Insecure, CALL_TIMEOUT)
+    AnyArbiter::connect(address, &Security::Insecure, CALL_TIMEOUT)
         .await
         .expect("connect to the arbiter")
 }

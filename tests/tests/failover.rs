@@ -457,15 +457,9 @@ fn garbage_bad_frames_and_a_wrong_image_are_refused_while_replication_goes_on() 
     ];
     for (what, bytes, reason) in cases {
         let peer = format!("peer={}", send_rogue(&cluster, &bytes));
-        let line = wait_for(
-            &format!("the backup to log {what}"),
-            Duration::from_secs(10),
-            || {
-                let log = cluster.node_log(Host::B)?;
-                Ok(log.lines().find(|l| l.contains(&peer)).map(str::to_string))
-            },
-        )
-        .unwrap();
+        let line = cluster
+            .wait_log_line(Host::B, &peer, Duration::from_secs(10))
+            .unwrap();
         eprintln!("{what}: {line}");
         assert!(
             line.contains("refused connection") && line.contains(reason),

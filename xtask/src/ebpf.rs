@@ -3,8 +3,8 @@
 //! `ebpf/` into target/bpf/ft-ebpf.o, the object xdpnet embeds.
 
 use crate::util::{
-    ensure_apt_packages, is_root, run, separate_workspace_build, separate_workspace_cargo,
-    workspace_root,
+    check_format, ensure_apt_packages, is_root, run, separate_workspace_build,
+    separate_workspace_cargo, workspace_root,
 };
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -64,13 +64,8 @@ pub fn build() -> Result<PathBuf> {
 /// bpfel-unknown-none, exactly as they are built, warnings denied.
 pub fn check() -> Result<()> {
     let ebpf_dir = workspace_root().join("ebpf");
-    // Debian's toolchain has no rustfmt here: the stable one, which formats
-    // everything else, formats these too.
-    run(&mut separate_workspace_cargo(
-        &ebpf_dir,
-        "stable",
-        &["fmt", "--check"],
-    ))?;
+    // Debian's toolchain has no rustfmt here.
+    check_format(&ebpf_dir)?;
     // Only checked, never linked: no bpf-linker needed. build-std still
     // needs the stable-channel compiler unlocked.
     run(separate_workspace_cargo(

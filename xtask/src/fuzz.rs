@@ -7,7 +7,8 @@
 //! keeping. A crash fails the run, naming its input in fuzz/artifacts/.
 
 use crate::util::{
-    ensure_apt_packages, run, separate_workspace_cargo, workspace_root, BUILD_PACKAGES,
+    check_format, ensure_apt_packages, run, separate_workspace_cargo, workspace_root,
+    BUILD_PACKAGES,
 };
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
@@ -52,6 +53,7 @@ pub fn fuzz(seconds: u64) -> Result<()> {
     ensure_apt_packages(BUILD_PACKAGES)?;
     ensure_cargo_fuzz()?;
     let dir = workspace_root().join("fuzz");
+    check_format(&dir)?;
     run(&mut cargo_fuzz(&dir, "build", &[]))?;
     for target in targets(&dir)? {
         let found = dir.join("target/corpus").join(&target);

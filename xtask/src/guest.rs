@@ -1,7 +1,9 @@
 //! `cargo xtask build-guest`: builds the guest appliance (`guest/`, its own
 //! workspace with bare-metal flags) into target/guest/ft-guest.
 
-use crate::util::{run, separate_workspace_build, separate_workspace_cargo, workspace_root};
+use crate::util::{
+    check_format, run, separate_workspace_build, separate_workspace_cargo, workspace_root,
+};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -26,11 +28,7 @@ pub fn build() -> Result<PathBuf> {
 /// bare-metal flags and its lints, warnings denied.
 pub fn check() -> Result<()> {
     let guest_dir = workspace_root().join("guest");
-    run(&mut separate_workspace_cargo(
-        &guest_dir,
-        TOOLCHAIN,
-        &["fmt", "--check"],
-    ))?;
+    check_format(&guest_dir)?;
     run(&mut separate_workspace_cargo(
         &guest_dir,
         TOOLCHAIN,

@@ -47,6 +47,16 @@ pub fn separate_workspace_cargo(dir: &Path, toolchain: &str, args: &[&str]) -> C
     cmd
 }
 
+/// `cargo fmt --check` in `dir`, a separate workspace, with stable's
+/// rustfmt (the one that formats the main workspace).
+pub fn check_format(dir: &Path) -> Result<()> {
+    run(&mut separate_workspace_cargo(
+        dir,
+        "stable",
+        &["fmt", "--check"],
+    ))
+}
+
 /// Debian packages the workspace's build needs: `protoc`, which
 /// etcd-client's build script runs on etcd's gRPC definitions.
 pub const BUILD_PACKAGES: &[&str] = &["protobuf-compiler"];

@@ -23,13 +23,14 @@ pub struct Status {
     pub exits: AtomicU64,
     /// Log entries written (primary) or applied (backup).
     pub entries: AtomicU64,
-    /// Highest entry the backup acknowledged (primary).
+    /// Highest entry the backup acknowledged: on a backup, every entry it
+    /// received (it acks on receipt).
     pub acked: AtomicU64,
     /// Output frames waiting for an acknowledgement (primary).
     pub held_outputs: AtomicU64,
     /// Output frames released to the network.
     pub released_outputs: AtomicU64,
-    /// Entries received but not yet applied (backup).
+    /// Entries acknowledged (received) but not yet applied (backup).
     pub lag_entries: AtomicU64,
     /// Age of the oldest entry received but not yet applied (backup).
     pub lag_ms: AtomicU64,

@@ -99,6 +99,11 @@ fn run(args: Args) -> Result<ExitCode> {
         &args.replication.node,
         incarnation,
     );
+    let audit = Arc::new(
+        Audit::open(args.replication.release_record.as_deref())
+            .context("open the release record")?,
+    );
+    let ack_record = audit.clone();
     let listener = BackupListener::bind(
         args.listen,
         hello.clone(),
@@ -107,13 +112,10 @@ fn run(args: Args) -> Result<ExitCode> {
             args.replication.arbiter.clone(),
             args.replication.arbiter_security()?,
         ),
+        Arc::new(move |generation, seq| ack_record.acked(generation, seq)),
     )
     .with_context(|| format!("listen for the primary on {}", args.listen))?;
     status.set_role(Role::Backup);
-    let audit = Arc::new(
-        Audit::open(args.replication.release_record.as_deref())
-            .context("open the release record")?,
-    );
 
     let unreleased = Rc::new(RefCell::new(Unreleased::default()));
     let mut source = ChannelSource::new(
@@ -121,7 +123,6 @@ fn run(args: Args) -> Result<ExitCode> {
         node.stop.clone(),
         status.clone(),
         unreleased.clone(),
-        audit.clone(),
     );
     let replayer = match source.wait_for_session() {
         Some(session) if session.snapshot => {

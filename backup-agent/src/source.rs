@@ -1,8 +1,7 @@
 //! The log channel as the replayer's entry source: entries of the primary's
-//! session in order, acknowledged once applied, ending when the primary is
-//! lost (or a stop signal arrives).
+//! session in order (the channel acknowledges them on receipt), ending when
+//! the primary is lost (or a stop signal arrives).
 
-use agent::audit::Audit;
 use agent::status::Status;
 use ftlog::{Entry, LogError};
 use logchannel::{BackupListener, Event};
@@ -18,24 +17,31 @@ use vmm::EntrySource;
 /// Replayed output frames the primary may not have released yet: those
 /// after its last reported release watermark. A backup that goes live sends
 /// them again (a receiver's TCP drops what it already has), so failover does
-/// not wait for the guest's retransmission timer. (A frame is kept before
-/// the backup acks it, so it is never already past the watermark.)
+/// not wait for the guest's retransmission timer. (Entries are acked on
+/// receipt, so the watermark may pass an output before it is replayed.)
 #[derive(Default)]
-pub struct Unreleased(VecDeque<ReplayedOutput>);
+pub struct Unreleased {
+    frames: VecDeque<ReplayedOutput>,
+    /// The primary's watermark: every output ≤ it has left.
+    released: Option<u64>,
+}
 
 impl Unreleased {
     pub fn push(&mut self, output: ReplayedOutput) {
-        self.0.push_back(output);
+        if self.released < Some(output.seq) {
+            self.frames.push_back(output);
+        }
     }
 
     fn released_through(&mut self, seq: u64) {
-        while self.0.front().is_some_and(|output| output.seq <= seq) {
-            self.0.pop_front();
+        self.released = self.released.max(Some(seq));
+        while self.frames.front().is_some_and(|output| output.seq <= seq) {
+            self.frames.pop_front();
         }
     }
 
     pub fn take(&mut self) -> VecDeque<ReplayedOutput> {
-        std::mem::take(&mut self.0)
+        std::mem::take(&mut self.frames)
     }
 }
 
@@ -58,7 +64,6 @@ pub struct ChannelSource {
     stop: Arc<AtomicBool>,
     status: Arc<Status>,
     unreleased: Rc<RefCell<Unreleased>>,
-    audit: Arc<Audit>,
     /// The primary's session, once it began.
     pub session: Option<Session>,
     /// The primary's session has ended.
@@ -66,7 +71,8 @@ pub struct ChannelSource {
     received: VecDeque<(Entry, Instant)>,
     /// Snapshot pieces received, in order.
     snapshot: VecDeque<Event>,
-    acked: Option<u64>,
+    /// The highest seq applied (or taken for the exit at hand).
+    applied: Option<u64>,
 }
 
 impl ChannelSource {
@@ -75,19 +81,17 @@ impl ChannelSource {
         stop: Arc<AtomicBool>,
         status: Arc<Status>,
         unreleased: Rc<RefCell<Unreleased>>,
-        audit: Arc<Audit>,
     ) -> Self {
         ChannelSource {
             listener,
             stop,
             status,
             unreleased,
-            audit,
             session: None,
             lost: false,
             received: VecDeque::new(),
             snapshot: VecDeque::new(),
-            acked: None,
+            applied: None,
         }
     }
 
@@ -132,14 +136,21 @@ impl ChannelSource {
         self.lost = true;
     }
 
+    /// Acked (received) against applied: the entries and the time the
+    /// replay is behind what the primary may already have released.
     fn update_lag(&self) {
         let lag_ms = self
             .received
             .front()
             .map_or(0, |(_, at)| at.elapsed().as_millis() as u64);
+        let received = self.listener.received();
+        let applied = self.applied.map_or(0, |seq| seq + 1);
+        self.status
+            .acked
+            .store(received.saturating_sub(1), Ordering::Relaxed);
         self.status
             .lag_entries
-            .store(self.received.len() as u64, Ordering::Relaxed);
+            .store(received.saturating_sub(applied), Ordering::Relaxed);
         self.status.lag_ms.store(lag_ms, Ordering::Relaxed);
     }
 }
@@ -220,15 +231,51 @@ impl EntrySource for ChannelSource {
     }
 
     fn applied(&mut self, seq: u64) {
-        if self.acked >= Some(seq) {
+        if self.applied >= Some(seq) {
             return;
         }
-        self.acked = Some(seq);
-        if let Some(session) = &self.session {
-            // Recorded before the ack can leave.
-            self.audit.acked(session.generation, seq);
-        }
+        self.applied = Some(seq);
+        // Received entries are acked already; this ack matters for the
+        // first entry after a verified snapshot, which starts the receipts.
         self.listener.ack(seq);
         self.status.entries.store(seq + 1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(seq: u64) -> ReplayedOutput {
+        ReplayedOutput {
+            frame: vec![seq as u8],
+            seq,
+            clock_ns: 0,
+        }
+    }
+
+    fn seqs(unreleased: &mut Unreleased) -> Vec<u64> {
+        unreleased.take().iter().map(|output| output.seq).collect()
+    }
+
+    #[test]
+    fn outputs_past_the_watermark_are_kept_and_those_below_dropped() {
+        let mut unreleased = Unreleased::default();
+        unreleased.push(output(3));
+        unreleased.push(output(5));
+        unreleased.released_through(4);
+        assert_eq!(seqs(&mut unreleased), [5]);
+    }
+
+    #[test]
+    fn an_output_replayed_after_its_release_was_reported_is_not_kept() {
+        // Acks on receipt let the watermark pass outputs not yet replayed.
+        let mut unreleased = Unreleased::default();
+        unreleased.released_through(7);
+        unreleased.push(output(6));
+        unreleased.push(output(7));
+        unreleased.push(output(8));
+        unreleased.released_through(2);
+        assert_eq!(seqs(&mut unreleased), [8]);
     }
 }

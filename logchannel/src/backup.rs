@@ -71,6 +71,10 @@ pub struct BackupListener {
 /// threads, so it may block.
 pub type Verify = Arc<dyn Fn(&Hello, u64) -> Result<(), String> + Send + Sync>;
 
+/// Called with (generation, seq) just before an ack of every entry ≤ seq
+/// leaves, so a record of it is never behind what the primary learned.
+pub type BeforeAck = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
 /// [`Event`] plus the session handle the replay thread acks through.
 enum Delivery {
     Connected(Arc<Session>, SocketAddr, Hello, u64, bool),
@@ -80,11 +84,20 @@ enum Delivery {
     Lost(LinkError),
 }
 
-/// What the replay thread and a session's writer task share.
-#[derive(Default)]
+/// What the replay thread and a session's reader and writer tasks share.
+///
+/// Entries are acknowledged on receipt (VMware FT's rule): once one is in
+/// the queue to the replay thread, this process holds it and applies it
+/// before it could ever go live, so the output it covers may leave the
+/// primary. A session that begins with a snapshot acks receipts only once
+/// the replay thread has verified the snapshot and acked its point.
 struct Session {
-    /// Highest acked seq plus one (0: none).
+    /// Highest seq the replay thread acked, plus one (0: none).
     acked: AtomicU64,
+    /// Highest seq queued to the replay thread, plus one (0: none).
+    received: AtomicU64,
+    /// Receipts may be acked (no snapshot, or the snapshot is verified).
+    receipt_acks: AtomicBool,
     /// Set when the writer has been woken for an ack it has not sent yet,
     /// so acking every entry costs one wake-up per batch, not per entry.
     woken: AtomicBool,
@@ -94,11 +107,42 @@ struct Session {
     refusal: Mutex<Option<String>>,
 }
 
+impl Session {
+    fn new(snapshot: bool) -> Session {
+        Session {
+            acked: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            receipt_acks: AtomicBool::new(!snapshot),
+            woken: AtomicBool::new(false),
+            wake: Notify::new(),
+            refusal: Mutex::new(None),
+        }
+    }
+
+    /// One past the highest seq that may be acked now.
+    fn ackable(&self) -> u64 {
+        let acked = self.acked.load(Ordering::SeqCst);
+        if self.receipt_acks.load(Ordering::SeqCst) {
+            acked.max(self.received.load(Ordering::SeqCst))
+        } else {
+            acked
+        }
+    }
+
+    /// Wakes the writer, once per batch of acks.
+    fn wake_writer(&self) {
+        if !self.woken.swap(true, Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
+    }
+}
+
 /// State shared by the accept loop and every connection.
 struct Shared {
     hello: Hello,
     config: Config,
     verify: Verify,
+    before_ack: BeforeAck,
     /// Set once a session has begun: a backup replicates one primary in
     /// its lifetime. Once that primary is lost, its replica either goes
     /// live or is kept; another primary must not overwrite it.
@@ -132,12 +176,14 @@ impl Drop for SessionSlot {
 impl BackupListener {
     /// Listens on `addr`; `hello` (with the timing of `config`) is what we
     /// answer and what a primary's must match; `verify` checks the
-    /// generation a primary claims before its session begins.
+    /// generation a primary claims before its session begins; `before_ack`
+    /// sees every ack just before it is sent.
     pub fn bind(
         addr: SocketAddr,
         hello: Hello,
         config: Config,
         verify: Verify,
+        before_ack: BeforeAck,
     ) -> Result<BackupListener, LinkError> {
         let hello = hello.timed(&config);
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -158,6 +204,7 @@ impl BackupListener {
             hello,
             config,
             verify,
+            before_ack,
             had_session: AtomicBool::new(false),
             active: Mutex::new(None),
             events: events_tx,
@@ -217,17 +264,26 @@ impl BackupListener {
         }))
     }
 
-    /// Acks every entry ≤ `seq` of the current session. Returns at once;
-    /// acks given faster than they can be sent are merged into one.
+    /// Acks every entry ≤ `seq` of the current session, and from then on
+    /// every entry as it is received (the snapshot, if any, is verified).
+    /// Returns at once; acks given faster than they can be sent are merged
+    /// into one.
     pub fn ack(&self, seq: u64) {
         if let Some(session) = &self.current {
             session
                 .acked
                 .fetch_max(seq.saturating_add(1), Ordering::SeqCst);
-            if !session.woken.swap(true, Ordering::SeqCst) {
-                session.wake.notify_one();
-            }
+            session.receipt_acks.store(true, Ordering::SeqCst);
+            session.wake_writer();
         }
+    }
+
+    /// Entries of the current session received so far (one past the
+    /// highest seq), applied or not.
+    pub fn received(&self) -> u64 {
+        self.current
+            .as_ref()
+            .map_or(0, |session| session.received.load(Ordering::SeqCst))
     }
 }
 
@@ -317,7 +373,7 @@ async fn serve(
         snapshot,
         "log channel: primary connected"
     );
-    let session = Arc::new(Session::default());
+    let session = Arc::new(Session::new(snapshot));
     if shared
         .events
         .send(Delivery::Connected(
@@ -333,8 +389,8 @@ async fn serve(
         return; // the listener is gone
     }
     let reason = tokio::select! {
-        reason = read_entries(reader, &shared, generation, snapshot) => reason,
-        reason = write_acks(writer, &session, &shared.config, generation) => reason,
+        reason = read_entries(reader, &shared, &session, generation, snapshot) => reason,
+        reason = write_acks(writer, &session, &shared, generation) => reason,
     };
     warn!(peer = %peer, "log channel: primary lost: {reason}");
     // Reported before the slot is freed, so the replay thread sees this
@@ -502,6 +558,7 @@ async fn reject(writer: &mut WriteHalf, reason: &str) {
 async fn read_entries(
     mut reader: MessageReader<ReadHalf>,
     shared: &Shared,
+    session: &Session,
     generation: u64,
     snapshot: bool,
 ) -> LinkError {
@@ -556,9 +613,22 @@ async fn read_entries(
                 ))
             }
         };
-        // Waits while the replay thread is behind: TCP then pushes back.
+        let received = match &delivery {
+            Delivery::Entry(entry) => Some(entry.seq),
+            _ => None,
+        };
+        // Waits while the replay thread is behind: TCP then pushes back,
+        // and no receipt is acked meanwhile.
         if shared.events.send(delivery).await.is_err() {
             return LinkError::Closed;
+        }
+        if let Some(seq) = received {
+            session
+                .received
+                .store(seq.saturating_add(1), Ordering::SeqCst);
+            if session.receipt_acks.load(Ordering::SeqCst) {
+                session.wake_writer();
+            }
         }
     }
 }
@@ -567,10 +637,10 @@ async fn read_entries(
 async fn write_acks(
     mut writer: WriteHalf,
     session: &Session,
-    config: &Config,
+    shared: &Shared,
     generation: u64,
 ) -> LinkError {
-    let mut heartbeats = Heartbeats::new(config, generation);
+    let mut heartbeats = Heartbeats::new(&shared.config, generation);
     let mut acked_sent = 0u64;
     let mut out = Vec::new();
     loop {
@@ -589,8 +659,9 @@ async fn write_acks(
             reject(&mut writer, &reason).await;
             return LinkError::Protocol(format!("refused what the primary sent: {reason}"));
         }
-        let acked = session.acked.load(Ordering::SeqCst);
+        let acked = session.ackable();
         if acked > acked_sent {
+            (shared.before_ack)(generation, acked - 1);
             encode(&Message::Ack { seq: acked - 1 }, &mut out);
             acked_sent = acked;
         }

@@ -6,8 +6,12 @@
 //! far the backup is ([`PrimaryLink::acked_seq`]) while its vCPU thread keeps
 //! running: [`PrimaryLink::send_entry`] only appends to a buffer, and a
 //! background task writes whatever has accumulated in one syscall. The
-//! backup's replay thread pulls entries with [`BackupListener::next`] and
-//! acks them with [`BackupListener::ack`]; acks are cumulative and coalesced.
+//! backup acks every entry as soon as it is queued to its replay thread (on
+//! receipt, VMware FT's rule: the backup applies all it holds before it
+//! could go live); the replay thread pulls entries with
+//! [`BackupListener::next`], and its [`BackupListener::ack`] of a verified
+//! snapshot's point starts the receipts of a joining backup. Acks are
+//! cumulative and coalesced; `before_ack` records each before it leaves.
 //!
 //! Both sides own a small tokio runtime (one worker thread) and expose only
 //! blocking methods, so they are used from plain threads. They must not be
@@ -40,7 +44,7 @@
 //! | `0x06` | `Entry`     | primary → backup   | `seq:u64 exit:u64 rip:u64 kind:u8 payload` ([`ftlog::Entry`]'s body) |
 //! | `0x09` | `Heartbeat` | both               | `counter:u64 generation:u64` |
 //! | `0x0a` | `Released`  | primary → backup   | `seq:u64`: highest entry whose output the primary has released |
-//! | `0x0c` | `Ack`       | backup → primary   | `seq:u64`: every entry ≤ `seq` is taken (cumulative) |
+//! | `0x0c` | `Ack`       | backup → primary   | `seq:u64`: every entry ≤ `seq` is held by the backup (cumulative) |
 //!
 //! The version comes first in the `Hello` of every version, so a peer of
 //! another version is told that the versions differ rather than that its
@@ -90,7 +94,7 @@ mod primary;
 mod transport;
 pub mod wire;
 
-pub use backup::{BackupListener, Event, Verify};
+pub use backup::{BackupListener, BeforeAck, Event, Verify};
 pub use config::Config;
 pub use error::LinkError;
 /// The security of both ends' connections (mutual TLS with the other

@@ -6,8 +6,8 @@
 use ftlog::{Entry, Payload, Position};
 use logchannel::wire::{encode, Message};
 use logchannel::{
-    BackupListener, Config, Event, Hello, Joining, LinkError, PrimaryLink, SnapshotEnd, Verify,
-    MAX_BODY_LEN, PAGE_SIZE,
+    BackupListener, BeforeAck, Config, Event, Hello, Joining, LinkError, PrimaryLink, SnapshotEnd,
+    Verify, MAX_BODY_LEN, PAGE_SIZE,
 };
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -63,13 +63,43 @@ fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
+fn no_record() -> BeforeAck {
+    Arc::new(|_, _| {})
+}
+
 fn accept_all() -> Verify {
     Arc::new(|_: &Hello, _: u64| -> Result<(), String> { Ok(()) })
 }
 
 /// A backup named "backup" that accepts every generation.
 fn listen(config: Config) -> BackupListener {
-    BackupListener::bind(localhost(), hello("backup"), config, accept_all()).unwrap()
+    BackupListener::bind(
+        localhost(),
+        hello("backup"),
+        config,
+        accept_all(),
+        no_record(),
+    )
+    .unwrap()
+}
+
+/// The (generation, seq) of every ack a backup sent, as its `before_ack`
+/// saw them.
+type AckRecord = Arc<Mutex<Vec<(u64, u64)>>>;
+
+/// `listen` with relaxed timing, recording its acks.
+fn listen_recording_acks() -> (BackupListener, AckRecord) {
+    let record = AckRecord::default();
+    let seen = record.clone();
+    let backup = BackupListener::bind(
+        localhost(),
+        hello("backup"),
+        relaxed(),
+        accept_all(),
+        Arc::new(move |generation, seq| seen.lock().unwrap().push((generation, seq))),
+    )
+    .unwrap();
+    (backup, record)
 }
 
 /// Both halves of the handshake: hellos, then the start of `generation`.
@@ -409,8 +439,6 @@ fn handshake_streams_and_closes_cleanly() {
         panic!("expected the entry")
     };
     assert_eq!(got, entry(0));
-    assert_eq!(primary.acked_seq(), None);
-    backup.ack(0);
     assert!(primary.wait_acked(0, PATIENCE));
     assert_eq!(primary.acked_seq(), Some(0));
     assert!(primary.failure().is_none());
@@ -490,8 +518,61 @@ fn a_joining_session_carries_the_snapshot_then_the_log_from_its_end() {
         panic!("expected the entry")
     };
     assert_eq!(got, entry(50));
-    backup.ack(50);
+    // From then on entries are acked on receipt.
     assert!(primary.wait_acked(50, PATIENCE));
+    primary.close(PATIENCE).unwrap();
+}
+
+#[test]
+fn entries_are_acked_on_receipt_and_recorded_before_the_ack_leaves() {
+    logs();
+    let (mut backup, record) = listen_recording_acks();
+    let primary = connect(backup.local_addr(), hello("primary"), relaxed(), 6).unwrap();
+    next_connected(&mut backup);
+    for seq in 0..100 {
+        primary.send_entry(&entry(seq)).unwrap();
+    }
+    // The replay thread takes them but never acks: the channel does, as
+    // each is queued to it.
+    for seq in 0..100 {
+        match next_event(&mut backup) {
+            Event::Entry(got) => assert_eq!(got.seq, seq),
+            other => panic!("expected entry {seq}, got {other:?}"),
+        }
+    }
+    assert!(primary.wait_acked(99, PATIENCE));
+    assert_eq!(backup.received(), 100);
+    let acks = record.lock().unwrap().clone();
+    assert_eq!(acks.last(), Some(&(6, 99)), "{acks:?}");
+    assert!(acks.iter().all(|&(generation, _)| generation == 6));
+    assert!(acks.windows(2).all(|w| w[0].1 < w[1].1), "{acks:?}");
+    primary.close(PATIENCE).unwrap();
+}
+
+#[test]
+fn a_joining_backup_acks_no_receipt_before_it_verified_the_snapshot() {
+    logs();
+    let (mut backup, record) = listen_recording_acks();
+    let joining = join(&mut backup);
+    let primary = joining.finish(snapshot_end(50)).unwrap();
+    for seq in 50..60 {
+        primary.send_entry(&entry(seq)).unwrap();
+    }
+    assert!(matches!(next_event(&mut backup), Event::SnapshotEnd(_)));
+    for seq in 50..60 {
+        match next_event(&mut backup) {
+            Event::Entry(got) => assert_eq!(got.seq, seq),
+            other => panic!("expected entry {seq}, got {other:?}"),
+        }
+    }
+    // Every entry is held, but the state they apply to is not verified:
+    // nothing is acked, however long the primary waits.
+    assert!(!primary.wait_acked(50, Duration::from_millis(300)));
+    assert!(record.lock().unwrap().is_empty());
+    // Verified: the ack of the snapshot's point covers what was received.
+    backup.ack(49);
+    assert!(primary.wait_acked(59, PATIENCE));
+    assert_eq!(record.lock().unwrap().last(), Some(&(4, 59)));
     primary.close(PATIENCE).unwrap();
 }
 
@@ -656,7 +737,8 @@ fn a_rejected_generation_starts_no_session() {
             }
         })
     };
-    let mut backup = BackupListener::bind(localhost(), hello("backup"), relaxed(), verify).unwrap();
+    let mut backup =
+        BackupListener::bind(localhost(), hello("backup"), relaxed(), verify, no_record()).unwrap();
     let addr = backup.local_addr();
 
     // The hellos match, so the refusal comes with the start.

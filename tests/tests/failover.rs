@@ -172,6 +172,36 @@ fn kill_9_of_the_primary_mid_history_the_backup_continues_the_same_connection() 
     cluster.stop(Host::B).unwrap();
 }
 
+/// The backup acks entries on receipt, before it applies them. The
+/// primary is killed by the client itself, the moment the last of its
+/// writes is answered (so just after that answer was released): every
+/// answered write is on the backup once it serves, in both directions.
+#[test]
+fn a_kill_right_after_a_release_loses_nothing_the_client_was_told() {
+    const WRITES: u64 = 300;
+    let _one = exclusive();
+    let mut cluster = Cluster::new("fr").expect("build the topology");
+    cluster.start_arbiter().unwrap();
+    for (primary, backup) in [(Host::A, Host::B), (Host::B, Host::A)] {
+        cluster.start_backup(backup).unwrap();
+        cluster.start_primary(primary).unwrap();
+        let pid = cluster.pid(primary).expect("the primary runs");
+        // One connection, WRITES answered RPUSHes, then kill -9 at once
+        // (`kill` is a shell builtin: no fork between answer and kill).
+        let script = format!(
+            "redis-cli -h {} -r {WRITES} RPUSH told v > /dev/null && kill -9 {pid}",
+            ft_tests::GUEST_IP
+        );
+        let out = cluster.client.exec(&["sh", "-c", &script]).unwrap();
+        assert!(out.status.success(), "{out:?}");
+        cluster.kill(primary).unwrap();
+        cluster.wait_serving(backup, FAILOVER_LIMIT).unwrap();
+        assert_eq!(cluster.llen("told").unwrap(), WRITES);
+        assert_release_records_hold(&cluster);
+        cluster.stop(backup).unwrap();
+    }
+}
+
 #[test]
 fn cutting_the_log_channel_leaves_exactly_one_side_serving() {
     both_sides_claim_and_exactly_one_serves("fp", Backend::Embedded);

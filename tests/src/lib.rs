@@ -12,6 +12,7 @@ pub mod demo;
 pub mod elf;
 pub mod etcd;
 pub mod l2;
+pub mod sentinel;
 
 use anyhow::{bail, Context, Result};
 use std::io::Read;

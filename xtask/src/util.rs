@@ -61,12 +61,22 @@ pub fn check_format(dir: &Path) -> Result<()> {
 /// etcd-client's build script runs on etcd's gRPC definitions.
 pub const BUILD_PACKAGES: &[&str] = &["protobuf-compiler"];
 
+/// What the bench compares ftvm with, and the tests of that comparison
+/// (`ft_tests::sentinel`): Debian's Redis server and Sentinel. Their own
+/// services do not matter: every process the tests and the bench start
+/// runs in a network namespace of its own with its own config file,
+/// while a service the package starts listens in the root namespace,
+/// which nothing here uses (and its CPU is not counted: the bench
+/// measures its own processes by pid).
+pub const REDIS_PACKAGES: &[&str] = &["redis-server", "redis-sentinel"];
+
 /// What running the system needs, on a fresh machine: the Debian packages
 /// the build needs and the tests drive (and the eBPF toolchain), the
 /// guest, the eBPF object and the workspace's binaries.
 pub fn prepare() -> Result<()> {
     ensure_apt_packages(BUILD_PACKAGES)?;
     ensure_apt_packages(crate::test::TEST_PACKAGES)?;
+    ensure_apt_packages(REDIS_PACKAGES)?;
     crate::guest::build()?;
     crate::ebpf::build()?;
     run(cargo().args(["build", "--release", "--workspace", "--bins"]))

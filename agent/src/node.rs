@@ -3,13 +3,14 @@
 //! Threads: the vCPU runs on the caller's thread (in a `Recorder` or a
 //! `Replayer`); a receive thread moves frames from the NIC into the vCPU's
 //! bounded input queue (the bounce buffer: dropping, and counting, when the
-//! guest falls behind); a signal thread turns SIGINT/SIGTERM into a stop at
+//! guest falls behind), forwarding each to the backup first; a signal thread turns SIGINT/SIGTERM into a stop at
 //! the next exit. Signals are blocked in every other thread, so `KVM_RUN`
 //! is never interrupted by them.
 
 use crate::config::GuestArgs;
 use crate::nic::{self, NicRx, NicTx};
 use crate::pcap::PcapWriter;
+use crate::protect::{FollowedLink, Protection};
 use crate::status::Status;
 use anyhow::{Context, Result};
 use ftlog::{Entry, GuestConfig, LogWriter};
@@ -61,14 +62,29 @@ impl Node {
         })
     }
 
-    /// Starts feeding received frames to the guest.
-    pub fn start_receiving(&mut self) {
+    /// Queues `frames` to the guest ahead of anything received: a backup
+    /// gone live delivers the frames its primary took but never logged.
+    pub fn queue_frames(&self, frames: Vec<Vec<u8>>) {
+        for frame in frames {
+            if self.inputs_tx.try_send(Input::Frame(frame)).is_err() {
+                self.queue_drops.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Starts feeding received frames to the guest, each forwarded first
+    /// to the backup `protection` names at the time, if any.
+    pub fn start_receiving(&mut self, protection: Arc<Protection>) {
         if let Some(nic) = self.nic_rx.take() {
             self.rx_thread = Some(spawn_rx_thread(
                 nic,
-                self.inputs_tx.clone(),
+                Receiving {
+                    inputs: self.inputs_tx.clone(),
+                    protection,
+                    followed: FollowedLink::default(),
+                    drops: self.queue_drops.clone(),
+                },
                 self.shutdown.clone(),
-                self.queue_drops.clone(),
             ));
         }
     }
@@ -123,20 +139,44 @@ fn spawn_signal_thread(set: SigSet, stop: Arc<AtomicBool>, inputs: SyncSender<In
     });
 }
 
+/// Where the receive thread puts a frame.
+struct Receiving {
+    inputs: SyncSender<Input>,
+    protection: Arc<Protection>,
+    followed: FollowedLink,
+    drops: Arc<AtomicU64>,
+}
+
+impl Receiving {
+    /// Forwards `frame` to the backup, then queues it to the guest: the
+    /// backup has it before its position exists, so a frame taken here
+    /// survives the primary's death at any moment after this.
+    fn deliver(&mut self, frame: &[u8]) {
+        let link = self
+            .protection
+            .follow(&mut self.followed)
+            .filter(|_| Input::deliverable(frame));
+        let forwarded = link.and_then(|link| Some((link, link.link().forward_frame(frame)?)));
+        match self.inputs.try_send(Input::Frame(frame.to_vec())) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(_)) => {
+                self.drops.fetch_add(1, Ordering::Relaxed);
+                if let Some((link, id)) = forwarded {
+                    link.link().withdraw_frame(id);
+                }
+            }
+        }
+    }
+}
+
 fn spawn_rx_thread(
     mut nic: Box<dyn NicRx>,
-    inputs: SyncSender<Input>,
+    mut receiving: Receiving,
     shutdown: Arc<AtomicBool>,
-    drops: Arc<AtomicU64>,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
         while !shutdown.load(Ordering::Relaxed) {
-            let mut deliver = |frame: &[u8]| match inputs.try_send(Input::Frame(frame.to_vec())) {
-                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-                Err(TrySendError::Full(_)) => {
-                    drops.fetch_add(1, Ordering::Relaxed);
-                }
-            };
+            let mut deliver = |frame: &[u8]| receiving.deliver(frame);
             if let Err(e) = nic.recv(Duration::from_millis(100), &mut deliver) {
                 tracing::error!("NIC receive failed: {e}");
                 std::thread::sleep(Duration::from_millis(100));

@@ -123,7 +123,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let Some((backup, replication_args)) = replicated else {
         out.nic.announce().context("announce the service address")?;
         status.set_role(Role::Alone);
-        node.start_receiving();
+        node.start_receiving(Arc::default());
         tracing::info!(guest = %args.guest.guest.display(), nic = args.guest.nic_name(), ip = %args.guest.ip, "guest running");
         let recorder = Recorder::new(machine, node.take_inputs(), GuestClock::starting_at(0))
             .with_progress(&service::WORK);
@@ -212,7 +212,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let pause = joiner.pause();
     joiner.spawn();
 
-    node.start_receiving();
+    node.start_receiving(protection.clone());
     tracing::info!(generation, %backup, "guest running as the FT primary");
     let recorder = Recorder::new(machine, node.take_inputs(), GuestClock::starting_at(0))
         .with_pause(pause)

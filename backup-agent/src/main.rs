@@ -188,6 +188,7 @@ fn run(args: Args) -> Result<ExitCode> {
         Ok(ReplayEnd::LogEnded(handover)) => handover,
     };
     let session = source.session.clone();
+    let unlogged = std::mem::take(&mut source.unlogged);
     drop(source);
     match session {
         Some(session) if !node.stop.load(Ordering::Relaxed) => {
@@ -199,7 +200,7 @@ fn run(args: Args) -> Result<ExitCode> {
                 incarnation,
                 hello,
             };
-            live.run(handover, session, unreleased.borrow_mut().take())
+            live.run(handover, session, unreleased.borrow_mut().take(), unlogged)
         }
         _ => {
             tracing::info!("stopped before going live");
@@ -267,6 +268,7 @@ impl GoLive {
         handover: Handover,
         session: Session,
         unreleased: std::collections::VecDeque<ReplayedOutput>,
+        unlogged: Vec<Vec<u8>>,
     ) -> Result<ExitCode> {
         let GoLive {
             args,
@@ -407,10 +409,14 @@ impl GoLive {
         tracing::info!(
             generation,
             resent,
+            unlogged = unlogged.len(),
             exit = handover.position().exit,
             "live: serving as the primary"
         );
-        node.start_receiving();
+        // Taken from the NIC by the primary, never logged: they reach the
+        // guest now, as if the network had delayed them.
+        node.queue_frames(unlogged);
+        node.start_receiving(protection.clone());
         let recorder = Recorder::resume(handover, node.take_inputs())
             .with_pause(pause)
             .with_progress(&service::WORK);

@@ -68,6 +68,8 @@ pub struct ChannelSource {
     pub session: Option<Session>,
     /// The primary's session has ended.
     lost: bool,
+    /// Frames the lost primary took from its NIC but never logged.
+    pub unlogged: Vec<Vec<u8>>,
     received: VecDeque<(Entry, Instant)>,
     /// Snapshot pieces received, in order.
     snapshot: VecDeque<Event>,
@@ -89,6 +91,7 @@ impl ChannelSource {
             unreleased,
             session: None,
             lost: false,
+            unlogged: Vec::new(),
             received: VecDeque::new(),
             snapshot: VecDeque::new(),
             applied: None,
@@ -123,9 +126,10 @@ impl ChannelSource {
             | Event::SnapshotZeros { .. }
             | Event::SnapshotEnd(_)) => self.snapshot.push_back(part),
             Event::Released(seq) => self.unreleased.borrow_mut().released_through(seq),
-            Event::PrimaryLost { reason } => {
-                tracing::warn!(%reason, "lost the primary");
+            Event::PrimaryLost { reason, unlogged } => {
+                tracing::warn!(%reason, unlogged = unlogged.len(), "lost the primary");
                 self.lost = true;
+                self.unlogged = unlogged;
             }
         }
     }

@@ -3,10 +3,11 @@
 
 use crate::config::Config;
 use crate::error::LinkError;
+use crate::forward::Forwarded;
 use crate::hello::Hello;
 use crate::transport::{secure_server, ReadHalf, WriteHalf};
 use crate::wire::{encode, Heartbeats, Message, MessageReader, SnapshotEnd};
-use ftlog::Entry;
+use ftlog::{Entry, Payload};
 use fttls::Security;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,8 +46,13 @@ pub enum Event {
     /// The primary has released the outputs of every entry ≤ this seq.
     Released(u64),
     /// The session ended (closed, silent, broken or malformed); acks are
-    /// dropped until the next `Connected`.
-    PrimaryLost { reason: LinkError },
+    /// dropped until the next `Connected`. `unlogged` are the frames the
+    /// primary forwarded as it took them from its NIC but never logged, in
+    /// arrival order: a backup that goes live delivers them.
+    PrimaryLost {
+        reason: LinkError,
+        unlogged: Vec<Vec<u8>>,
+    },
 }
 
 /// The listening backup.
@@ -81,7 +87,7 @@ enum Delivery {
     Snapshot(Event),
     Entry(Entry),
     Released(u64),
-    Lost(LinkError),
+    Lost(LinkError, Vec<Vec<u8>>),
 }
 
 /// What the replay thread and a session's reader and writer tasks share.
@@ -257,9 +263,9 @@ impl BackupListener {
             Delivery::Snapshot(event) => event,
             Delivery::Entry(entry) => Event::Entry(entry),
             Delivery::Released(seq) => Event::Released(seq),
-            Delivery::Lost(reason) => {
+            Delivery::Lost(reason, unlogged) => {
                 self.current = None;
-                Event::PrimaryLost { reason }
+                Event::PrimaryLost { reason, unlogged }
             }
         }))
     }
@@ -388,14 +394,16 @@ async fn serve(
     {
         return; // the listener is gone
     }
+    let mut forwarded = Forwarded::default();
     let reason = tokio::select! {
-        reason = read_entries(reader, &shared, &session, generation, snapshot) => reason,
+        reason = read_entries(reader, &shared, &session, &mut forwarded, generation, snapshot) => reason,
         reason = write_acks(writer, &session, &shared, generation) => reason,
     };
     warn!(peer = %peer, "log channel: primary lost: {reason}");
     // Reported before the slot is freed, so the replay thread sees this
     // session end before another one starts.
-    let _ = shared.events.send(Delivery::Lost(reason)).await;
+    let lost = Delivery::Lost(reason, forwarded.into_unlogged());
+    let _ = shared.events.send(lost).await;
     drop(slot);
 }
 
@@ -559,6 +567,7 @@ async fn read_entries(
     mut reader: MessageReader<ReadHalf>,
     shared: &Shared,
     session: &Session,
+    forwarded: &mut Forwarded,
     generation: u64,
     snapshot: bool,
 ) -> LinkError {
@@ -587,16 +596,44 @@ async fn read_entries(
                     entry.seq
                 ))
             }
-            Message::Entry(entry) => {
-                if let Some(expected) = expected_seq.filter(|&expected| expected != entry.seq) {
+            Message::Frame { id, data } if !in_snapshot => {
+                if let Err(reason) = forwarded.insert(id, data) {
+                    return LinkError::Protocol(reason);
+                }
+                continue;
+            }
+            Message::Withdrawn { id } if !in_snapshot => {
+                if forwarded.take(id).is_none() {
                     return LinkError::Protocol(format!(
-                        "entry seq {} where {expected} was due",
-                        entry.seq
+                        "withdrawn frame {id} was never forwarded, or already named"
                     ));
                 }
-                expected_seq = Some(entry.seq.wrapping_add(1));
-                Delivery::Entry(entry)
+                continue;
             }
+            Message::ForwardedEntry {
+                seq,
+                position,
+                frame,
+            } if !in_snapshot => {
+                let Some(frame) = forwarded.take(frame) else {
+                    return LinkError::Protocol(format!(
+                        "entry {seq} names frame {frame}, which was never forwarded or is named already"
+                    ));
+                };
+                let entry = Entry {
+                    seq,
+                    position,
+                    payload: Payload::RxFrame(frame),
+                };
+                match in_sequence(&mut expected_seq, entry) {
+                    Ok(delivery) => delivery,
+                    Err(failure) => return failure,
+                }
+            }
+            Message::Entry(entry) => match in_sequence(&mut expected_seq, entry) {
+                Ok(delivery) => delivery,
+                Err(failure) => return failure,
+            },
             Message::Released { seq } => Delivery::Released(seq),
             Message::Heartbeat {
                 generation: theirs, ..
@@ -631,6 +668,19 @@ async fn read_entries(
             }
         }
     }
+}
+
+/// `entry` for the replay thread, if it is the one due (seqs are
+/// contiguous within a session).
+fn in_sequence(expected_seq: &mut Option<u64>, entry: Entry) -> Result<Delivery, LinkError> {
+    if let Some(expected) = expected_seq.filter(|&expected| expected != entry.seq) {
+        return Err(LinkError::Protocol(format!(
+            "entry seq {} where {expected} was due",
+            entry.seq
+        )));
+    }
+    *expected_seq = Some(entry.seq.wrapping_add(1));
+    Ok(Delivery::Entry(entry))
 }
 
 /// Sends the newest ack whenever it moves, and a heartbeat when due.

@@ -1,7 +1,7 @@
 //! The handshake message and the check that two nodes may replicate.
 
 /// Version of the wire protocol this build speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The first message each way. Primary and backup must run the same guest
 /// image with the same configuration and timing under the same protocol,

@@ -89,6 +89,7 @@
 mod backup;
 mod config;
 mod error;
+mod forward;
 mod hello;
 mod primary;
 mod transport;
@@ -97,6 +98,7 @@ pub mod wire;
 pub use backup::{BackupListener, BeforeAck, Event, Verify};
 pub use config::Config;
 pub use error::LinkError;
+pub use forward::MAX_FORWARDED;
 /// The security of both ends' connections (mutual TLS with the other
 /// node, or plain TCP when the operator asks for it).
 pub use fttls::Security;

@@ -3,10 +3,14 @@
 
 use crate::config::Config;
 use crate::error::LinkError;
+use crate::forward::Forwarded;
 use crate::hello::Hello;
 use crate::transport::{secure_client, ReadHalf, WriteHalf};
-use crate::wire::{encode, encode_entry_message, Heartbeats, Message, MessageReader, SnapshotEnd};
-use ftlog::Entry;
+use crate::wire::{
+    encode, encode_entry_message, encode_frame_message, Heartbeats, Message, MessageReader,
+    SnapshotEnd,
+};
+use ftlog::{Entry, Payload};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -50,6 +54,10 @@ pub struct PrimaryLink {
 struct Shared {
     /// Encoded messages the writer has not taken yet.
     pending: Mutex<Vec<u8>>,
+    /// Frames forwarded that no entry has named yet. Locked before
+    /// `pending` by whoever needs both, so messages queue in the order
+    /// the set changes.
+    forwarded: Mutex<Forwarded>,
     /// Signalled each time the writer takes `pending`.
     drained: Condvar,
     /// Wakes the writer: there is something to send or to do.
@@ -70,6 +78,27 @@ impl Shared {
         // The critical sections only append or swap, so a poisoned buffer
         // still holds whole messages.
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn forwarded(&self) -> MutexGuard<'_, Forwarded> {
+        // Changed only by whole insertions and removals.
+        self.forwarded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends to the queue; wakes the writer if the queue was empty (a
+    /// syscall, once per batch: the writer takes everything when it runs).
+    fn queue(&self, encode: impl FnOnce(&mut Vec<u8>)) {
+        let first = {
+            let mut pending = self.pending();
+            let first = pending.is_empty();
+            encode(&mut pending);
+            first
+        };
+        if first {
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -118,23 +147,59 @@ impl PrimaryLink {
 
     /// Queues an entry and returns at once; the writer sends queued
     /// entries in batches. Fails only if the link is already dead.
+    /// An rx-frame entry whose frame was forwarded names it instead of
+    /// carrying it again.
     pub fn send_entry(&self, entry: &Entry) -> Result<(), LinkError> {
         self.check_alive()?;
-        let first = {
-            let mut pending = self.shared.pending();
-            let first = pending.is_empty();
-            encode_entry_message(entry, &mut pending);
+        let queued = || {
             self.shared
                 .queued
-                .fetch_max(entry.seq.saturating_add(1), Ordering::SeqCst);
-            first
+                .fetch_max(entry.seq.saturating_add(1), Ordering::SeqCst)
         };
-        // Waking the writer costs a syscall; once per batch is enough, as
-        // the writer takes everything queued when it runs.
-        if first {
-            self.shared.wake.notify_one();
+        if let Payload::RxFrame(frame) = &entry.payload {
+            let mut forwarded = self.shared.forwarded();
+            if let Some(id) = forwarded.take_matching(frame) {
+                let message = Message::ForwardedEntry {
+                    seq: entry.seq,
+                    position: entry.position,
+                    frame: id,
+                };
+                self.shared.queue(|out| {
+                    encode(&message, out);
+                    queued();
+                });
+                return Ok(());
+            }
         }
+        self.shared.queue(|out| {
+            encode_entry_message(entry, out);
+            queued();
+        });
         Ok(())
+    }
+
+    /// Sends an inbound frame to the backup at once, before it is queued to
+    /// the guest (its entry will name it); returns its id, or `None` if the
+    /// link is dead or holds too many unnamed frames (the entry then
+    /// carries the frame).
+    pub fn forward_frame(&self, frame: &[u8]) -> Option<u64> {
+        self.check_alive().ok()?;
+        let mut forwarded = self.shared.forwarded();
+        let id = forwarded.add(frame)?;
+        self.shared
+            .queue(|out| encode_frame_message(id, frame, out));
+        Some(id)
+    }
+
+    /// The forwarded frame `id` could not be queued to the guest (the
+    /// queue was full): the backup forgets it too.
+    pub fn withdraw_frame(&self, id: u64) {
+        let mut forwarded = self.shared.forwarded();
+        // Taken already if an entry with the same bytes named it.
+        if forwarded.take(id).is_some() {
+            self.shared
+                .queue(|out| encode(&Message::Withdrawn { id }, out));
+        }
     }
 
     /// Queues a message and wakes the writer.
@@ -263,6 +328,7 @@ impl PendingLink {
         info!(backup = %addr, node = %peer_hello.node, generation, "log channel: session started");
         let shared = Arc::new(Shared {
             pending: Mutex::new(Vec::new()),
+            forwarded: Mutex::default(),
             drained: Condvar::new(),
             wake: Notify::new(),
             queued: AtomicU64::new(0),

@@ -4,7 +4,7 @@ use crate::config::Config;
 use crate::error::LinkError;
 use crate::hello::Hello;
 use ftlog::frame::{encode_entry, read_entry, FRAME_HEADER_LEN};
-use ftlog::{Entry, LogError};
+use ftlog::{Entry, LogError, Position};
 use std::io;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
@@ -23,6 +23,9 @@ const TAG_START: u8 = 0x11;
 const TAG_SNAPSHOT_PAGES: u8 = 0x12;
 const TAG_SNAPSHOT_ZEROS: u8 = 0x14;
 const TAG_SNAPSHOT_END: u8 = 0x17;
+const TAG_FRAME: u8 = 0x18;
+const TAG_FORWARDED_ENTRY: u8 = 0x1b;
+const TAG_WITHDRAWN: u8 = 0x1d;
 
 /// The size of a guest page, the unit of `SnapshotPages`.
 pub const PAGE_SIZE: usize = 4096;
@@ -68,6 +71,23 @@ pub enum Message {
     /// The snapshot is complete; the log follows from its `next_seq`.
     SnapshotEnd(SnapshotEnd),
     Entry(Entry),
+    /// Primary → backup: an inbound frame the primary just took from its
+    /// NIC, before the guest has it (ids count from 0 in a session).
+    Frame {
+        id: u64,
+        data: Vec<u8>,
+    },
+    /// An rx-frame entry whose frame is the forwarded frame `frame`.
+    ForwardedEntry {
+        seq: u64,
+        position: Position,
+        frame: u64,
+    },
+    /// The forwarded frame `id` never reached the guest's queue (it was
+    /// full): it was dropped like any frame the guest falls behind on.
+    Withdrawn {
+        id: u64,
+    },
     Heartbeat {
         counter: u64,
         generation: u64,
@@ -90,6 +110,9 @@ impl Message {
             Message::SnapshotZeros { .. } => "snapshot zeros",
             Message::SnapshotEnd(_) => "snapshot end",
             Message::Entry(_) => "entry",
+            Message::Frame { .. } => "frame",
+            Message::ForwardedEntry { .. } => "forwarded entry",
+            Message::Withdrawn { .. } => "withdrawn",
             Message::Heartbeat { .. } => "heartbeat",
             Message::Released { .. } => "released",
             Message::Ack { .. } => "ack",
@@ -152,6 +175,19 @@ pub fn encode(message: &Message, out: &mut Vec<u8>) {
         Message::Ack { seq } => framed(out, TAG_ACK, |out| {
             out.extend_from_slice(&seq.to_le_bytes())
         }),
+        Message::Frame { id, data } => encode_frame_message(*id, data, out),
+        Message::ForwardedEntry {
+            seq,
+            position,
+            frame,
+        } => framed(out, TAG_FORWARDED_ENTRY, |out| {
+            for v in [*seq, position.exit, position.rip, *frame] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }),
+        Message::Withdrawn { id } => framed(out, TAG_WITHDRAWN, |out| {
+            out.extend_from_slice(&id.to_le_bytes())
+        }),
     }
 }
 
@@ -174,6 +210,15 @@ pub struct SnapshotEnd {
 pub(crate) fn encode_entry_message(entry: &Entry, out: &mut Vec<u8>) {
     out.push(TAG_ENTRY);
     encode_entry(entry, out);
+}
+
+/// Appends a `Frame` message without first copying the frame into a
+/// [`Message`].
+pub(crate) fn encode_frame_message(id: u64, data: &[u8], out: &mut Vec<u8>) {
+    framed(out, TAG_FRAME, |out| {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(data);
+    })
 }
 
 /// Writes `tag`, then the frame of the body `body` appends.
@@ -374,6 +419,9 @@ fn tag_name(tag: u8) -> Option<&'static str> {
         TAG_HEARTBEAT => "heartbeat",
         TAG_RELEASED => "released",
         TAG_ACK => "ack",
+        TAG_FRAME => "frame",
+        TAG_FORWARDED_ENTRY => "forwarded entry",
+        TAG_WITHDRAWN => "withdrawn",
         _ => return None,
     })
 }
@@ -480,6 +528,33 @@ fn decode(tag: u8, what: &'static str, frame: &[u8], offset: u64) -> Result<Mess
         }
         TAG_RELEASED => Message::Released { seq: u64_body()? },
         TAG_ACK => Message::Ack { seq: u64_body()? },
+        TAG_FRAME => match body.split_first_chunk::<8>() {
+            Some((id, data)) if !data.is_empty() && data.len() <= ftlog::entry::MAX_FRAME_LEN => {
+                Message::Frame {
+                    id: u64::from_le_bytes(*id),
+                    data: data.to_vec(),
+                }
+            }
+            _ => {
+                return Err(malformed(format!(
+                    "{} bytes, expected 8 and a frame of at most {} bytes",
+                    body.len(),
+                    ftlog::entry::MAX_FRAME_LEN
+                )))
+            }
+        },
+        TAG_FORWARDED_ENTRY => match <[u8; 32]>::try_from(body) {
+            Ok(b) => Message::ForwardedEntry {
+                seq: le_u64(&b[..8]),
+                position: Position {
+                    exit: le_u64(&b[8..16]),
+                    rip: le_u64(&b[16..24]),
+                },
+                frame: le_u64(&b[24..]),
+            },
+            Err(_) => return Err(malformed(format!("{} bytes, expected 32", body.len()))),
+        },
+        TAG_WITHDRAWN => Message::Withdrawn { id: u64_body()? },
         _ => return Err(WireError::UnknownTag { offset, tag }),
     })
 }
@@ -587,6 +662,16 @@ mod tests {
             },
             Message::Released { seq: 4 },
             Message::Ack { seq: 5 },
+            Message::Frame {
+                id: 7,
+                data: vec![0xee; 1514],
+            },
+            Message::ForwardedEntry {
+                seq: 8,
+                position: Position { exit: 9, rip: 10 },
+                frame: 7,
+            },
+            Message::Withdrawn { id: 6 },
         ]
     }
 

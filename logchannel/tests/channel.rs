@@ -11,7 +11,6 @@ use logchannel::{
 };
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -237,18 +236,17 @@ struct Replayed {
     lost: Vec<LinkError>,
 }
 
-/// Runs a replay thread that acks every entry at once, until `stop` is set
-/// or it sees `Released(until_released)`. The listener is handed back, so
-/// the session outlives the thread.
+/// Runs a replay thread that acks every entry at once, until it sees
+/// `Released(until_released)` (at most [`PATIENCE`]). The listener is
+/// handed back, so the session outlives the thread.
 fn replay(
     mut backup: BackupListener,
-    until_released: Option<u64>,
-) -> (Arc<AtomicBool>, JoinHandle<(Replayed, BackupListener)>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopped = stop.clone();
-    let handle = thread::spawn(move || {
+    until_released: u64,
+) -> JoinHandle<(Replayed, BackupListener)> {
+    thread::spawn(move || {
         let mut seen = Replayed::default();
-        while !stopped.load(Ordering::SeqCst) {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
             match backup
                 .next(Duration::from_millis(50))
                 .expect("listener alive")
@@ -261,17 +259,16 @@ fn replay(
                 }
                 Some(Event::Released(seq)) => {
                     seen.released.push(seq);
-                    if Some(seq) == until_released {
+                    if seq == until_released {
                         break;
                     }
                 }
-                Some(Event::PrimaryLost { reason }) => seen.lost.push(reason),
+                Some(Event::PrimaryLost { reason, .. }) => seen.lost.push(reason),
                 Some(other) => panic!("no snapshot in these sessions: {other:?}"),
             }
         }
         (seen, backup)
-    });
-    (stop, handle)
+    })
 }
 
 fn assert_entries(entries: &[Entry], count: u64) {
@@ -447,6 +444,7 @@ fn handshake_streams_and_closes_cleanly() {
     match next_event(&mut backup) {
         Event::PrimaryLost {
             reason: LinkError::PeerClosed,
+            ..
         } => {}
         other => panic!("expected PrimaryLost(PeerClosed), got {other:?}"),
     }
@@ -549,6 +547,91 @@ fn entries_are_acked_on_receipt_and_recorded_before_the_ack_leaves() {
     primary.close(PATIENCE).unwrap();
 }
 
+/// An rx-frame entry at `seq` carrying `frame`.
+fn rx_entry(seq: u64, frame: &[u8]) -> Entry {
+    Entry {
+        seq,
+        position: Position {
+            exit: seq,
+            rip: 0x10_0000,
+        },
+        payload: Payload::RxFrame(frame.to_vec()),
+    }
+}
+
+#[test]
+fn forwarded_frames_reach_the_backup_before_their_entries_and_the_unlogged_are_handed_over() {
+    logs();
+    let mut backup = listen(relaxed());
+    let primary = connect(backup.local_addr(), hello("primary"), relaxed(), 2).unwrap();
+    next_connected(&mut backup);
+    let frames: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 60 + usize::from(i)]).collect();
+    let ids: Vec<u64> = frames
+        .iter()
+        .map(|frame| primary.forward_frame(frame).expect("forwarded"))
+        .collect();
+    assert_eq!(ids, [0, 1, 2, 3, 4]);
+    // The guest's queue was full for frame 3: dropped on both ends.
+    primary.withdraw_frame(ids[3]);
+    // Logged: frames 0 and 1 by name, then one that was never forwarded.
+    primary.send_entry(&rx_entry(0, &frames[0])).unwrap();
+    primary.send_entry(&rx_entry(1, &frames[1])).unwrap();
+    primary.send_entry(&rx_entry(2, b"not forwarded")).unwrap();
+    for (seq, frame) in [&frames[0][..], &frames[1], b"not forwarded"]
+        .into_iter()
+        .enumerate()
+    {
+        match next_event(&mut backup) {
+            Event::Entry(got) => assert_eq!(got, rx_entry(seq as u64, frame)),
+            other => panic!("expected entry {seq}, got {other:?}"),
+        }
+    }
+    assert!(primary.wait_acked(2, PATIENCE));
+    drop(primary);
+    match next_event(&mut backup) {
+        Event::PrimaryLost { unlogged, .. } => {
+            assert_eq!(unlogged, [frames[2].clone(), frames[4].clone()]);
+        }
+        other => panic!("expected PrimaryLost, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_entry_naming_a_frame_never_forwarded_ends_the_session() {
+    logs();
+    let mut backup = listen(relaxed());
+    let mut primary = fake_primary(backup.local_addr(), "primary", &relaxed(), 3);
+    next_connected(&mut backup);
+    send(
+        &mut primary,
+        &Message::Frame {
+            id: 0,
+            data: vec![1; 60],
+        },
+    );
+    send(
+        &mut primary,
+        &Message::ForwardedEntry {
+            seq: 0,
+            position: Position { exit: 0, rip: 1 },
+            frame: 5,
+        },
+    );
+    match next_event(&mut backup) {
+        Event::PrimaryLost {
+            reason: LinkError::Protocol(reason),
+            unlogged,
+        } => {
+            assert!(
+                reason.contains("names frame 5, which was never forwarded"),
+                "{reason}"
+            );
+            assert_eq!(unlogged, [vec![1; 60]]);
+        }
+        other => panic!("expected PrimaryLost(Protocol), got {other:?}"),
+    }
+}
+
 #[test]
 fn a_joining_backup_acks_no_receipt_before_it_verified_the_snapshot() {
     logs();
@@ -591,7 +674,7 @@ fn a_snapshot_the_backup_refuses_ends_the_session_with_its_reason_on_both_sides(
         other => panic!("expected a refusal, got {other}"),
     }
     match next_event(&mut backup) {
-        Event::PrimaryLost { reason } => {
+        Event::PrimaryLost { reason, .. } => {
             assert!(reason.to_string().contains("does not verify"), "{reason}")
         }
         other => panic!("expected PrimaryLost, got {other:?}"),
@@ -642,7 +725,7 @@ fn entries_before_the_snapshot_end_and_snapshots_in_a_boot_session_are_refused()
         assert!(matches!(next_event(&mut backup), Event::Connected { .. }));
         send(&mut stream, &message);
         match next_event(&mut backup) {
-            Event::PrimaryLost { reason } => {
+            Event::PrimaryLost { reason, .. } => {
                 assert!(reason.to_string().contains(expected), "{reason}")
             }
             other => panic!("expected PrimaryLost, got {other:?}"),
@@ -803,7 +886,7 @@ fn a_hundred_thousand_entries_are_pipelined_and_acked() {
     const COUNT: u64 = 100_000;
     let backup = listen(relaxed());
     let addr = backup.local_addr();
-    let (_, replayer) = replay(backup, Some(COUNT - 1));
+    let replayer = replay(backup, COUNT - 1);
     let primary = connect(addr, hello("primary"), relaxed(), 1).unwrap();
 
     // The sender never waits for the network.
@@ -856,8 +939,6 @@ fn hostile_connections_are_closed_while_the_session_streams_on() {
     const BURST: u64 = 2_000;
     let backup = listen(relaxed());
     let addr = backup.local_addr();
-    let (stop, replayer) = replay(backup, None);
-    let primary = connect(addr, hello("primary"), relaxed(), 1).unwrap();
 
     let good_hello = encoded(&Message::Hello(timed(hello("rogue"), &relaxed())));
     let mut bad_checksum = good_hello.clone();
@@ -894,6 +975,11 @@ fn hostile_connections_are_closed_while_the_session_streams_on() {
             ("\"rogue-twin\"".to_string(), BUSY)
         }),
     ];
+    // Acks come on receipt: the replay thread runs until the final
+    // watermark, which follows every entry.
+    let last = BURST * rogues.len() as u64 - 1;
+    let replayer = replay(backup, last);
+    let primary = connect(addr, hello("primary"), relaxed(), 1).unwrap();
 
     let mut next_seq = 0;
     for attack in &rogues {
@@ -911,7 +997,7 @@ fn hostile_connections_are_closed_while_the_session_streams_on() {
         );
     }
     assert!(primary.failure().is_none());
-    stop.store(true, Ordering::SeqCst);
+    primary.send_released(last).unwrap();
     let (seen, _backup) = replayer.join().unwrap();
     assert_eq!(seen.connected.len(), 1);
     assert_eq!(seen.connected[0].node, "primary");
@@ -981,6 +1067,7 @@ fn a_silent_primary_is_lost() {
     match next_event(&mut backup) {
         Event::PrimaryLost {
             reason: LinkError::Silent(_),
+            ..
         } => {}
         other => panic!("expected PrimaryLost(Silent), got {other:?}"),
     }
@@ -1006,6 +1093,7 @@ fn a_heartbeat_of_another_generation_ends_the_session() {
     match next_event(&mut backup) {
         Event::PrimaryLost {
             reason: LinkError::Protocol(reason),
+            ..
         } => assert!(
             reason.contains("the primary's heartbeat carries generation 4; this session is 5"),
             "{reason}"

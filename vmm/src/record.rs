@@ -48,6 +48,14 @@ pub enum Input {
     Wake,
 }
 
+impl Input {
+    /// Whether the guest can take `frame` at all (others are dropped and
+    /// counted when they reach the vCPU).
+    pub fn deliverable(frame: &[u8]) -> bool {
+        !frame.is_empty() && frame.len() <= abi::FRAME_CAPACITY
+    }
+}
+
 /// Work that needs the vCPU stopped (the last round of a state transfer),
 /// run by the recording thread between two exits, at the [`ResumePoint`]
 /// it is given. Whatever it appends to the log sink comes after it.
@@ -464,7 +472,7 @@ impl Recorder {
 
     fn accept(&mut self, input: Input, frames: &mut Vec<Vec<u8>>) {
         match input {
-            Input::Frame(frame) if frame.is_empty() || frame.len() > abi::FRAME_CAPACITY => {
+            Input::Frame(frame) if !Input::deliverable(&frame) => {
                 self.dropped_frames += 1;
                 tracing::debug!(len = frame.len(), "dropping a frame the guest cannot take");
             }

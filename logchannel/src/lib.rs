@@ -42,6 +42,9 @@
 //! | `0x14` | `SnapshotZeros` | primary → backup | `first_pfn:u64 count:u64`: zero pages |
 //! | `0x17` | `SnapshotEnd` | primary → backup | `next_exit:u64 next_seq:u64 clock_ns:u64 image_hash:[u8;32] config_hash:[u8;32] state_digest:[u8;32] vcpu` |
 //! | `0x06` | `Entry`     | primary → backup   | `seq:u64 exit:u64 rip:u64 kind:u8 payload` ([`ftlog::Entry`]'s body) |
+//! | `0x18` | `Frame`     | primary → backup   | `id:u64 frame`: an inbound frame as the primary takes it from its NIC, before the guest has it (at most [`MAX_FORWARDED`] unnamed) |
+//! | `0x1b` | `ForwardedEntry` | primary → backup | `seq:u64 exit:u64 rip:u64 frame_id:u64`: an rx-frame entry whose frame is the forwarded one |
+//! | `0x1d` | `Withdrawn` | primary → backup   | `id:u64`: the forwarded frame never reached the guest's queue |
 //! | `0x09` | `Heartbeat` | both               | `counter:u64 generation:u64` |
 //! | `0x0a` | `Released`  | primary → backup   | `seq:u64`: highest entry whose output the primary has released |
 //! | `0x0c` | `Ack`       | backup → primary   | `seq:u64`: every entry ≤ `seq` is held by the backup (cumulative) |

@@ -82,6 +82,8 @@ impl Server {
     /// turn's exit. Returns the `wait_until_ns` for that exit.
     pub fn turn(&mut self, now_ns: u64, device: &mut SlotDevice) -> u64 {
         let now = instant(now_ns);
+        // The guest clock is the store's only clock (XADD's `*` IDs).
+        self.store.set_time_ms(now_ns / 1_000_000);
         while self
             .iface
             .poll_ingress_single(now, device, &mut self.sockets)

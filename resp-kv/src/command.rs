@@ -1,10 +1,16 @@
 //! The command table: name lookup, arity and memory checks, and each
-//! command's argument handling and reply, matching Redis 7.
+//! command's argument handling and reply, matching Redis 7. The commands
+//! on strings, lists and keys are here; those on sets, hashes, sorted sets
+//! and streams are in the module of their type.
 
 use crate::config;
+use crate::hash;
 use crate::num;
 use crate::reply;
+use crate::set;
 use crate::store::{End, Store, StoreError, Value};
+use crate::stream;
+use crate::zset;
 use alloc::vec::Vec;
 use core::mem::take;
 
@@ -15,7 +21,7 @@ pub(crate) enum Flow {
     Close,
 }
 
-type Args = Vec<Vec<u8>>;
+pub(crate) type Args = Vec<Vec<u8>>;
 
 struct Command {
     /// Lower-case name, as Redis prints it in errors.
@@ -58,6 +64,29 @@ const COMMANDS: &[Command] = &[
     cmd("exists", -2, false, exists),
     cmd("append", 3, true, append),
     cmd("mset", -3, true, mset),
+    cmd("sadd", -3, true, set::sadd),
+    cmd("srem", -3, false, set::srem),
+    cmd("scard", 2, false, set::scard),
+    cmd("sismember", 3, false, set::sismember),
+    cmd("smembers", 2, false, set::smembers),
+    cmd("spop", -2, false, set::spop),
+    cmd("hset", -4, true, hash::hset),
+    cmd("hmset", -4, true, hash::hmset),
+    cmd("hget", 3, false, hash::hget),
+    cmd("hdel", -3, false, hash::hdel),
+    cmd("hlen", 2, false, hash::hlen),
+    cmd("hexists", 3, false, hash::hexists),
+    cmd("hgetall", 2, false, hash::hgetall),
+    cmd("zadd", -4, true, zset::zadd),
+    cmd("zcard", 2, false, zset::zcard),
+    cmd("zscore", 3, false, zset::zscore),
+    cmd("zrem", -3, false, zset::zrem),
+    cmd("zpopmin", -2, false, zset::zpopmin),
+    cmd("zpopmax", -2, false, zset::zpopmax),
+    cmd("xadd", -5, true, stream::xadd),
+    cmd("xlen", 2, false, stream::xlen),
+    cmd("xrange", -4, false, stream::xrange),
+    cmd("type", 2, false, type_),
     cmd("echo", 2, false, echo),
     cmd("dbsize", 1, false, dbsize),
     cmd("flushall", -1, false, flushall),
@@ -131,7 +160,7 @@ fn unknown_subcommand(out: &mut Vec<u8>, sub: &[u8], container: &str) {
     reply::error(out, &message);
 }
 
-fn store_error(out: &mut Vec<u8>, error: StoreError) {
+pub(crate) fn store_error(out: &mut Vec<u8>, error: StoreError) {
     let message = match error {
         StoreError::WrongType => reply::WRONG_TYPE,
         StoreError::NotInteger => reply::NOT_INTEGER,
@@ -176,7 +205,7 @@ fn set(store: &mut Store, mut args: Args, out: &mut Vec<u8>) {
     // A plain SET needs no lookup before its insert.
     if nx || xx || get {
         let existing = store.get(&args[1]);
-        if get && matches!(existing, Some(Value::List(_))) {
+        if get && existing.is_some_and(|value| !matches!(value, Value::Str(_))) {
             wrong_type(out);
             return;
         }
@@ -201,7 +230,7 @@ fn get(store: &mut Store, args: Args, out: &mut Vec<u8>) {
     match store.get(&args[1]) {
         None => reply::null(out),
         Some(Value::Str(value)) => reply::bulk(out, value),
-        Some(Value::List(_)) => wrong_type(out),
+        Some(_) => wrong_type(out),
     }
 }
 
@@ -284,15 +313,8 @@ fn pop(store: &mut Store, args: Args, end: End, name: &str, out: &mut Vec<u8>) {
         reply::arity_error(out, name);
         return;
     }
-    let count = match args.get(2) {
-        None => None,
-        Some(text) => match num::parse_i64(text).and_then(|n| usize::try_from(n).ok()) {
-            Some(count) => Some(count),
-            None => {
-                reply::error(out, reply::NOT_POSITIVE);
-                return;
-            }
-        },
+    let Ok(count) = pop_count(args.get(2), out) else {
+        return;
     };
     match store.pop(&args[1], end, count.unwrap_or(1)) {
         Err(error) => store_error(out, error),
@@ -307,6 +329,21 @@ fn pop(store: &mut Store, args: Args, end: End, name: &str, out: &mut Vec<u8>) {
     }
 }
 
+/// The optional count of LPOP, RPOP, SPOP, ZPOPMIN and ZPOPMAX, which must
+/// be a non-negative integer; `Err` once the error has been written.
+pub(crate) fn pop_count(text: Option<&Vec<u8>>, out: &mut Vec<u8>) -> Result<Option<usize>, ()> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    match num::parse_i64(text).and_then(|n| usize::try_from(n).ok()) {
+        Some(count) => Ok(Some(count)),
+        None => {
+            reply::error(out, reply::NOT_POSITIVE);
+            Err(())
+        }
+    }
+}
+
 fn lrange(store: &mut Store, args: Args, out: &mut Vec<u8>) {
     let (Some(start), Some(stop)) = (num::parse_i64(&args[2]), num::parse_i64(&args[3])) else {
         reply::error(out, reply::NOT_INTEGER);
@@ -317,11 +354,11 @@ fn lrange(store: &mut Store, args: Args, out: &mut Vec<u8>) {
             reply::array(out, 0);
             return;
         }
-        Some(Value::Str(_)) => {
+        Some(Value::List(list)) => list,
+        Some(_) => {
             wrong_type(out);
             return;
         }
-        Some(Value::List(list)) => list,
     };
     match list_range(list.len(), start, stop) {
         None => reply::array(out, 0),
@@ -350,8 +387,13 @@ fn llen(store: &mut Store, args: Args, out: &mut Vec<u8>) {
     match store.get(&args[1]) {
         None => reply::count(out, 0),
         Some(Value::List(list)) => reply::count(out, list.len()),
-        Some(Value::Str(_)) => wrong_type(out),
+        Some(_) => wrong_type(out),
     }
+}
+
+/// TYPE key: `none` for a missing key.
+fn type_(store: &mut Store, args: Args, out: &mut Vec<u8>) {
+    reply::simple(out, store.get(&args[1]).map_or("none", Value::type_name));
 }
 
 fn dbsize(store: &mut Store, _: Args, out: &mut Vec<u8>) {

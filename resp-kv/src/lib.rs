@@ -3,7 +3,8 @@
 //! The guest appliance feeds each TCP connection's bytes into a
 //! [`Connection`] and sends back what [`Connection::process`] writes; all
 //! connections share one [`Store`]. Everything is deterministic: the same
-//! requests in the same order give the same replies and the same state.
+//! requests in the same order, at the same clock values given to
+//! [`Store::set_time_ms`], give the same replies and the same state.
 //!
 //! ```
 //! use resp_kv::{Connection, Limits, ProcessOutcome, Store};
@@ -22,12 +23,16 @@ extern crate alloc;
 mod command;
 mod config;
 mod conn;
+mod hash;
 mod num;
 mod parse;
 mod reply;
+mod set;
 mod store;
+mod stream;
 #[cfg(test)]
 mod tests;
+mod zset;
 
 pub use conn::{Connection, ProcessOutcome};
 pub use store::{Limits, Store};

@@ -1,6 +1,10 @@
 //! The key space: deterministic ordered map, value types, memory accounting.
 
+use crate::hash::Hash;
 use crate::num;
+use crate::set::Set;
+use crate::stream::Stream;
+use crate::zset::ZSet;
 use alloc::collections::btree_map::Entry;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
@@ -9,8 +13,10 @@ use alloc::vec::Vec;
 /// B-tree node, the `Vec` headers and the allocator's per-block overhead.
 const KEY_OVERHEAD: usize = 128;
 /// Bytes charged per list element on top of its bytes: its slot in the
-/// deque (with growth slack) and the allocator's per-block overhead.
-const ELEMENT_OVERHEAD: usize = 64;
+/// deque (with growth slack) and the allocator's per-block overhead. Set
+/// members, hash fields, sorted-set members and stream entries are charged
+/// in the same unit (see each type's module).
+pub(crate) const ELEMENT_OVERHEAD: usize = 64;
 
 /// Resource limits, fixed when the [`Store`] is created. They exist so that
 /// hostile or careless clients get an error reply instead of exhausting a
@@ -55,11 +61,82 @@ impl Default for Limits {
 }
 
 /// A stored value.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Value {
     Str(Vec<u8>),
     List(VecDeque<Vec<u8>>),
+    Set(Set),
+    Hash(Hash),
+    ZSet(ZSet),
+    Stream(Stream),
 }
+
+impl Value {
+    /// The name `TYPE` answers.
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self {
+            Value::Str(_) => "string",
+            Value::List(_) => "list",
+            Value::Set(_) => "set",
+            Value::Hash(_) => "hash",
+            Value::ZSet(_) => "zset",
+            Value::Stream(_) => "stream",
+        }
+    }
+}
+
+/// A value type that keeps its own accounted size, so that a write into a
+/// large collection costs O(1) bookkeeping: [`Store::write`] charges the
+/// difference of [`cost`](Collection::cost) before and after.
+pub(crate) trait Collection: Default + Into<Value> {
+    fn of(value: &Value) -> Option<&Self>;
+    fn of_mut(value: &mut Value) -> Option<&mut Self>;
+    /// Accounted bytes, not counting the key.
+    fn cost(&self) -> usize;
+    /// True when the key must go: Redis deletes a set, hash or sorted set
+    /// once it is empty, but keeps an empty stream (and its last ID).
+    fn is_void(&self) -> bool;
+}
+
+/// `impl Collection` for a type held by one `Value` variant.
+macro_rules! collection {
+    ($type:ident, $variant:ident) => {
+        impl From<$type> for Value {
+            fn from(value: $type) -> Value {
+                Value::$variant(value)
+            }
+        }
+
+        impl Collection for $type {
+            fn of(value: &Value) -> Option<&Self> {
+                match value {
+                    Value::$variant(inner) => Some(inner),
+                    _ => None,
+                }
+            }
+
+            fn of_mut(value: &mut Value) -> Option<&mut Self> {
+                match value {
+                    Value::$variant(inner) => Some(inner),
+                    _ => None,
+                }
+            }
+
+            fn cost(&self) -> usize {
+                $type::cost(self)
+            }
+
+            fn is_void(&self) -> bool {
+                $type::is_void(self)
+            }
+        }
+    };
+}
+
+collection!(Set, Set);
+collection!(Hash, Hash);
+collection!(ZSet, ZSet);
+collection!(Stream, Stream);
 
 /// Why a store operation was refused; each maps to one Redis error reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +164,8 @@ pub struct Store {
     /// Approximate bytes held, kept up to date by every mutation.
     used: usize,
     limits: Limits,
+    /// The caller's clock, in ms: what `XADD *` takes its IDs from.
+    now_ms: u64,
 }
 
 impl Store {
@@ -95,7 +174,20 @@ impl Store {
             map: BTreeMap::new(),
             used: 0,
             limits,
+            now_ms: 0,
         }
+    }
+
+    /// Sets the clock that commands read (`XADD` with `*`), in
+    /// milliseconds. The store never reads a clock itself: the same
+    /// requests at the same clock values give the same replies. A clock
+    /// that goes back is harmless: stream IDs still only grow.
+    pub fn set_time_ms(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.now_ms
     }
 
     pub fn limits(&self) -> &Limits {
@@ -127,6 +219,55 @@ impl Store {
 
     pub(crate) fn contains(&self, key: &[u8]) -> bool {
         self.map.contains_key(key)
+    }
+
+    /// The collection of type `T` at `key`: `None` if the key is missing,
+    /// `WrongType` if it holds another type.
+    pub(crate) fn read<T: Collection>(&self, key: &[u8]) -> Result<Option<&T>, StoreError> {
+        match self.map.get(key) {
+            None => Ok(None),
+            Some(value) => T::of(value).map(Some).ok_or(StoreError::WrongType),
+        }
+    }
+
+    /// Runs `change` on the collection of type `T` at `key`, creating an
+    /// empty one first if the key is missing and `create` holds (`Ok(None)`
+    /// without running it otherwise). Keeps the accounting up to date and
+    /// deletes the key when `change` leaves the collection void (an empty
+    /// collection is never stored).
+    pub(crate) fn write<T: Collection, R>(
+        &mut self,
+        key: Vec<u8>,
+        create: bool,
+        change: impl FnOnce(&mut T) -> R,
+    ) -> Result<Option<R>, StoreError> {
+        match self.map.entry(key) {
+            Entry::Vacant(slot) => {
+                if !create {
+                    return Ok(None);
+                }
+                let mut collection = T::default();
+                let result = change(&mut collection);
+                if !collection.is_void() {
+                    self.used += key_cost(slot.key()) + collection.cost();
+                    slot.insert(collection.into());
+                }
+                Ok(Some(result))
+            }
+            Entry::Occupied(mut slot) => {
+                let collection = T::of_mut(slot.get_mut()).ok_or(StoreError::WrongType)?;
+                let before = collection.cost();
+                let result = change(collection);
+                let after = collection.cost();
+                let void = collection.is_void();
+                self.used = self.used - before + after;
+                if void {
+                    let (key, _) = slot.remove_entry();
+                    self.used -= key_cost(&key) + after;
+                }
+                Ok(Some(result))
+            }
+        }
     }
 
     /// Stores a string, replacing any value; returns the old value.
@@ -171,7 +312,6 @@ impl Store {
                 Ok(delta)
             }
             Entry::Occupied(slot) => match slot.into_mut() {
-                Value::List(_) => Err(StoreError::WrongType),
                 Value::Str(text) => {
                     let current = num::parse_i64(text).ok_or(StoreError::NotInteger)?;
                     let next = current.checked_add(delta).ok_or(StoreError::Overflow)?;
@@ -181,6 +321,7 @@ impl Store {
                     self.used = self.used - before + text.capacity();
                     Ok(next)
                 }
+                _ => Err(StoreError::WrongType),
             },
         }
     }
@@ -195,7 +336,6 @@ impl Store {
                 Ok(len)
             }
             Entry::Occupied(slot) => match slot.into_mut() {
-                Value::List(_) => Err(StoreError::WrongType),
                 Value::Str(text) => {
                     if text.len() + suffix.len() > self.limits.max_bulk_len {
                         return Err(StoreError::StringTooLong);
@@ -205,6 +345,7 @@ impl Store {
                     self.used += text.capacity() - before;
                     Ok(text.len())
                 }
+                _ => Err(StoreError::WrongType),
             },
         }
     }
@@ -231,7 +372,6 @@ impl Store {
                 Ok(len)
             }
             Entry::Occupied(slot) => match slot.into_mut() {
-                Value::Str(_) => Err(StoreError::WrongType),
                 Value::List(list) => {
                     match end {
                         End::Head => values.into_iter().for_each(|v| list.push_front(v)),
@@ -240,6 +380,7 @@ impl Store {
                     self.used += added;
                     Ok(list.len())
                 }
+                _ => Err(StoreError::WrongType),
             },
         }
     }
@@ -255,8 +396,8 @@ impl Store {
     ) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
         let list = match self.map.get_mut(key) {
             None => return Ok(None),
-            Some(Value::Str(_)) => return Err(StoreError::WrongType),
             Some(Value::List(list)) => list,
+            Some(_) => return Err(StoreError::WrongType),
         };
         let take = count.min(list.len());
         let popped: Vec<Vec<u8>> = match end {
@@ -286,5 +427,9 @@ fn value_cost(value: &Value) -> usize {
     match value {
         Value::Str(text) => text.capacity(),
         Value::List(list) => list.iter().map(element_cost).sum(),
+        Value::Set(set) => set.cost(),
+        Value::Hash(hash) => hash.cost(),
+        Value::ZSet(zset) => zset.cost(),
+        Value::Stream(stream) => stream.cost(),
     }
 }

@@ -259,6 +259,651 @@ fn pops() {
     assert_eq!(c.call(&["RPOP", "s"]), WRONG_TYPE);
 }
 
+/// `-ERR wrong number of arguments for 'name' command`
+fn arity(name: &str) -> String {
+    format!("-ERR wrong number of arguments for '{name}' command\r\n")
+}
+
+/// The bulk strings of `items`, as one array reply.
+fn array(items: &[&str]) -> String {
+    let mut out = format!("*{}\r\n", items.len());
+    for item in items {
+        out.push_str(&format!("${}\r\n{item}\r\n", item.len()));
+    }
+    out
+}
+
+const NOT_POSITIVE: &str = "-ERR value is out of range, must be positive\r\n";
+const NOT_FLOAT: &str = "-ERR value is not a valid float\r\n";
+
+#[test]
+fn sets() {
+    let mut c = Client::new();
+    assert_eq!(c.call(&["SADD", "s", "b", "a", "b"]), ":2\r\n");
+    assert_eq!(c.call(&["SADD", "s", "a", "c"]), ":1\r\n");
+    assert_eq!(c.call(&["SCARD", "s"]), ":3\r\n");
+    assert_eq!(c.call(&["SISMEMBER", "s", "a"]), ":1\r\n");
+    assert_eq!(c.call(&["SISMEMBER", "s", "z"]), ":0\r\n");
+    assert_eq!(c.call(&["SMEMBERS", "s"]), array(&["a", "b", "c"]));
+    assert_eq!(c.call(&["SREM", "s", "a", "z", "a"]), ":1\r\n");
+    assert_eq!(c.call(&["TYPE", "s"]), "+set\r\n");
+    assert_eq!(c.call(&["SREM", "s", "b", "c"]), ":2\r\n");
+    // The emptied set is deleted.
+    assert_eq!(c.call(&["EXISTS", "s"]), ":0\r\n");
+    assert_eq!(c.call(&["SCARD", "s"]), ":0\r\n");
+    assert_eq!(c.call(&["SISMEMBER", "s", "a"]), ":0\r\n");
+    assert_eq!(c.call(&["SMEMBERS", "s"]), "*0\r\n");
+    assert_eq!(c.call(&["SREM", "s", "a"]), ":0\r\n");
+    // Binary-safe members.
+    let (reply, _) = c.send(&request(&[b"SADD", b"bin", b"a\r\n\0"]));
+    assert_eq!(reply, b":1\r\n");
+    let (reply, _) = c.send(&request(&[b"SMEMBERS", b"bin"]));
+    assert_eq!(reply, b"*1\r\n$4\r\na\r\n\0\r\n");
+
+    assert_eq!(c.call(&["SADD", "s"]), arity("sadd"));
+    assert_eq!(c.call(&["SREM", "s"]), arity("srem"));
+    assert_eq!(c.call(&["SCARD", "s", "x"]), arity("scard"));
+    assert_eq!(c.call(&["SISMEMBER", "s"]), arity("sismember"));
+    assert_eq!(c.call(&["SMEMBERS"]), arity("smembers"));
+    c.call(&["SET", "str", "x"]);
+    c.call(&["SADD", "set", "x"]);
+    for args in [
+        &["SADD", "str", "a"][..],
+        &["SREM", "str", "a"],
+        &["SCARD", "str"],
+        &["SISMEMBER", "str", "a"],
+        &["SMEMBERS", "str"],
+        &["SPOP", "str"],
+        &["SPOP", "str", "0"],
+        &["GET", "set"],
+        &["APPEND", "set", "x"],
+        &["INCR", "set"],
+        &["LPUSH", "set", "x"],
+        &["LRANGE", "set", "0", "-1"],
+        &["LLEN", "set"],
+        &["LPOP", "set"],
+        &["SET", "set", "x", "GET"],
+    ] {
+        assert_eq!(c.call(args), WRONG_TYPE, "{args:?}");
+    }
+}
+
+/// SPOP takes the smallest member: Redis picks one at random, which a
+/// replayed guest must not.
+#[test]
+fn spop_is_deterministic() {
+    let mut c = Client::new();
+    assert_eq!(c.call(&["SPOP", "s"]), "$-1\r\n");
+    assert_eq!(c.call(&["SPOP", "s", "2"]), "*0\r\n");
+    c.call(&["SADD", "s", "d", "b", "a", "c", "e"]);
+    assert_eq!(c.call(&["SPOP", "s"]), "$1\r\na\r\n");
+    assert_eq!(c.call(&["SPOP", "s", "0"]), "*0\r\n");
+    assert_eq!(c.call(&["SPOP", "s", "2"]), array(&["b", "c"]));
+    assert_eq!(c.call(&["SPOP", "s", "10"]), array(&["d", "e"]));
+    assert_eq!(c.call(&["EXISTS", "s"]), ":0\r\n");
+    assert_eq!(c.call(&["SPOP", "s", "-1"]), NOT_POSITIVE);
+    assert_eq!(c.call(&["SPOP", "s", "x"]), NOT_POSITIVE);
+    assert_eq!(c.call(&["SPOP", "s", "1", "2"]), SYNTAX);
+    assert_eq!(c.call(&["SPOP"]), arity("spop"));
+}
+
+#[test]
+fn hashes() {
+    let mut c = Client::new();
+    assert_eq!(c.call(&["HSET", "h", "f1", "a", "f2", "b"]), ":2\r\n");
+    assert_eq!(c.call(&["HSET", "h", "f1", "longer", "f3", "c"]), ":1\r\n");
+    assert_eq!(c.call(&["HSET", "h", "f3", "c", "f3", "d"]), ":0\r\n");
+    assert_eq!(c.call(&["HGET", "h", "f1"]), "$6\r\nlonger\r\n");
+    assert_eq!(c.call(&["HGET", "h", "f3"]), "$1\r\nd\r\n");
+    assert_eq!(c.call(&["HGET", "h", "nosuch"]), "$-1\r\n");
+    assert_eq!(c.call(&["HGET", "nosuch", "f1"]), "$-1\r\n");
+    assert_eq!(c.call(&["HLEN", "h"]), ":3\r\n");
+    assert_eq!(c.call(&["HEXISTS", "h", "f2"]), ":1\r\n");
+    assert_eq!(c.call(&["HEXISTS", "h", "f9"]), ":0\r\n");
+    assert_eq!(
+        c.call(&["HGETALL", "h"]),
+        array(&["f1", "longer", "f2", "b", "f3", "d"])
+    );
+    assert_eq!(c.call(&["HMSET", "h", "f4", "e"]), "+OK\r\n");
+    assert_eq!(c.call(&["TYPE", "h"]), "+hash\r\n");
+    assert_eq!(c.call(&["HDEL", "h", "f1", "f9", "f1"]), ":1\r\n");
+    assert_eq!(c.call(&["HDEL", "h", "f2", "f3", "f4"]), ":3\r\n");
+    assert_eq!(c.call(&["EXISTS", "h"]), ":0\r\n");
+    assert_eq!(c.call(&["HLEN", "h"]), ":0\r\n");
+    assert_eq!(c.call(&["HEXISTS", "h", "f1"]), ":0\r\n");
+    assert_eq!(c.call(&["HGETALL", "h"]), "*0\r\n");
+    assert_eq!(c.call(&["HDEL", "h", "f1"]), ":0\r\n");
+
+    assert_eq!(c.call(&["HSET", "h", "f"]), arity("hset"));
+    assert_eq!(c.call(&["HSET", "h", "f", "v", "g"]), arity("hset"));
+    assert_eq!(c.call(&["HMSET", "h", "f", "v", "g"]), arity("hmset"));
+    assert_eq!(c.call(&["EXISTS", "h"]), ":0\r\n");
+    assert_eq!(c.call(&["HGET", "h"]), arity("hget"));
+    assert_eq!(c.call(&["HDEL", "h"]), arity("hdel"));
+    assert_eq!(c.call(&["HLEN"]), arity("hlen"));
+    assert_eq!(c.call(&["HEXISTS", "h"]), arity("hexists"));
+    assert_eq!(c.call(&["HGETALL", "h", "x"]), arity("hgetall"));
+    c.call(&["RPUSH", "l", "x"]);
+    for args in [
+        &["HSET", "l", "f", "v"][..],
+        &["HMSET", "l", "f", "v"],
+        &["HGET", "l", "f"],
+        &["HDEL", "l", "f"],
+        &["HLEN", "l"],
+        &["HEXISTS", "l", "f"],
+        &["HGETALL", "l"],
+    ] {
+        assert_eq!(c.call(args), WRONG_TYPE, "{args:?}");
+    }
+    c.call(&["HSET", "h", "f", "v"]);
+    assert_eq!(c.call(&["SADD", "h", "x"]), WRONG_TYPE);
+    assert_eq!(c.call(&["GET", "h"]), WRONG_TYPE);
+}
+
+#[test]
+fn sorted_sets_keep_score_then_member_order() {
+    let mut c = Client::new();
+    assert_eq!(
+        c.call(&["ZADD", "z", "2", "b", "1", "c", "1", "a", "-inf", "m"]),
+        ":4\r\n"
+    );
+    assert_eq!(c.call(&["ZCARD", "z"]), ":4\r\n");
+    assert_eq!(c.call(&["ZSCORE", "z", "m"]), "$4\r\n-inf\r\n");
+    assert_eq!(c.call(&["ZSCORE", "z", "b"]), "$1\r\n2\r\n");
+    assert_eq!(c.call(&["ZSCORE", "z", "nosuch"]), "$-1\r\n");
+    assert_eq!(c.call(&["ZSCORE", "nosuch", "a"]), "$-1\r\n");
+    // Moving a member to a new score reorders it.
+    assert_eq!(c.call(&["ZADD", "z", "0.5", "b", "3", "d"]), ":1\r\n");
+    assert_eq!(c.call(&["ZSCORE", "z", "b"]), "$3\r\n0.5\r\n");
+    assert_eq!(c.call(&["TYPE", "z"]), "+zset\r\n");
+    assert_eq!(
+        c.call(&["ZPOPMIN", "z", "3"]),
+        array(&["m", "-inf", "b", "0.5", "a", "1"])
+    );
+    assert_eq!(c.call(&["ZPOPMAX", "z"]), array(&["d", "3"]));
+    assert_eq!(c.call(&["ZPOPMIN", "z"]), array(&["c", "1"]));
+    // The emptied sorted set is deleted.
+    assert_eq!(c.call(&["EXISTS", "z"]), ":0\r\n");
+    assert_eq!(c.call(&["ZPOPMIN", "z"]), "*0\r\n");
+    assert_eq!(c.call(&["ZPOPMIN", "z", "5"]), "*0\r\n");
+    assert_eq!(c.call(&["ZCARD", "z"]), ":0\r\n");
+
+    // Equal scores order by member bytes; -0 and 0 are equal.
+    c.call(&["ZADD", "e", "0", "b", "-0", "a", "0", "c"]);
+    assert_eq!(
+        c.call(&["ZPOPMIN", "e", "0"]),
+        "*0\r\n",
+        "a count of 0 pops nothing"
+    );
+    assert_eq!(c.call(&["ZADD", "e", "0", "a"]), ":0\r\n");
+    assert_eq!(c.call(&["ZSCORE", "e", "a"]), "$2\r\n-0\r\n");
+    assert_eq!(
+        c.call(&["ZPOPMIN", "e", "10"]),
+        array(&["a", "-0", "b", "0", "c", "0"])
+    );
+
+    c.call(&["ZADD", "r", "1", "a", "2", "b", "3", "c"]);
+    assert_eq!(c.call(&["ZREM", "r", "b", "x", "b"]), ":1\r\n");
+    assert_eq!(c.call(&["ZPOPMAX", "r", "9"]), array(&["c", "3", "a", "1"]));
+    assert_eq!(c.call(&["ZREM", "r", "a"]), ":0\r\n");
+}
+
+#[test]
+fn zadd_options() {
+    let mut c = Client::new();
+    // XX never creates the key.
+    assert_eq!(c.call(&["ZADD", "z", "XX", "1", "a"]), ":0\r\n");
+    assert_eq!(c.call(&["ZADD", "z", "XX", "INCR", "1", "a"]), "$-1\r\n");
+    assert_eq!(c.call(&["EXISTS", "z"]), ":0\r\n");
+    assert_eq!(c.call(&["ZADD", "z", "NX", "1", "a", "2", "b"]), ":2\r\n");
+    assert_eq!(c.call(&["ZADD", "z", "nx", "5", "a", "3", "c"]), ":1\r\n");
+    assert_eq!(c.call(&["ZSCORE", "z", "a"]), "$1\r\n1\r\n");
+    assert_eq!(c.call(&["ZADD", "z", "XX", "5", "a", "4", "d"]), ":0\r\n");
+    assert_eq!(c.call(&["ZSCORE", "z", "a"]), "$1\r\n5\r\n");
+    assert_eq!(c.call(&["ZSCORE", "z", "d"]), "$-1\r\n");
+    // CH counts changed scores too, not unchanged ones.
+    assert_eq!(
+        c.call(&["ZADD", "z", "CH", "6", "a", "2", "b", "7", "e"]),
+        ":2\r\n"
+    );
+    assert_eq!(
+        c.call(&["ZADD", "z", "GT", "CH", "1", "a", "8", "b"]),
+        ":1\r\n"
+    );
+    assert_eq!(c.call(&["ZSCORE", "z", "a"]), "$1\r\n6\r\n");
+    assert_eq!(c.call(&["ZSCORE", "z", "b"]), "$1\r\n8\r\n");
+    assert_eq!(
+        c.call(&["ZADD", "z", "LT", "CH", "9", "a", "1", "b"]),
+        ":1\r\n"
+    );
+    assert_eq!(c.call(&["ZSCORE", "z", "b"]), "$1\r\n1\r\n");
+    // GT and LT still add new members.
+    assert_eq!(c.call(&["ZADD", "z", "GT", "1", "new"]), ":1\r\n");
+    assert_eq!(c.call(&["ZADD", "z", "INCR", "2.5", "a"]), "$3\r\n8.5\r\n");
+    assert_eq!(c.call(&["ZADD", "z", "INCR", "1", "fresh"]), "$1\r\n1\r\n");
+    assert_eq!(c.call(&["ZADD", "z", "INCR", "GT", "-1", "a"]), "$-1\r\n");
+    assert_eq!(c.call(&["ZADD", "z", "NX", "INCR", "1", "a"]), "$-1\r\n");
+    assert_eq!(c.call(&["ZADD", "z", "INCR", "0", "a"]), "$3\r\n8.5\r\n");
+    c.call(&["ZADD", "z", "inf", "top"]);
+    assert_eq!(
+        c.call(&["ZADD", "z", "INCR", "-inf", "top"]),
+        "-ERR resulting score is not a number (NaN)\r\n"
+    );
+    assert_eq!(c.call(&["ZSCORE", "z", "top"]), "$3\r\ninf\r\n");
+
+    assert_eq!(
+        c.call(&["ZADD", "z", "NX", "XX", "1", "a"]),
+        "-ERR XX and NX options at the same time are not compatible\r\n"
+    );
+    let gt_lt_nx = "-ERR GT, LT, and/or NX options at the same time are not compatible\r\n";
+    assert_eq!(c.call(&["ZADD", "z", "NX", "GT", "1", "a"]), gt_lt_nx);
+    assert_eq!(c.call(&["ZADD", "z", "GT", "LT", "1", "a"]), gt_lt_nx);
+    assert_eq!(
+        c.call(&["ZADD", "z", "INCR", "1", "a", "2", "b"]),
+        "-ERR INCR option supports a single increment-element pair\r\n"
+    );
+    assert_eq!(c.call(&["ZADD", "z", "1", "a", "2"]), SYNTAX);
+    assert_eq!(c.call(&["ZADD", "z", "NX", "CH", "1"]), SYNTAX);
+    assert_eq!(c.call(&["ZADD", "z", "1"]), arity("zadd"));
+    assert_eq!(c.call(&["ZADD", "z"]), arity("zadd"));
+}
+
+#[test]
+fn zadd_refuses_bad_scores_before_changing_anything() {
+    let mut c = Client::new();
+    for score in ["x", "nan", "1e400", "", " 1", "1 ", "0x10", "1.2.3"] {
+        assert_eq!(
+            c.call(&["ZADD", "z", "1", "a", score, "b"]),
+            NOT_FLOAT,
+            "{score:?}"
+        );
+    }
+    assert_eq!(c.call(&["EXISTS", "z"]), ":0\r\n");
+    assert_eq!(
+        c.call(&["ZADD", "z", "1e3", "a", "-.5", "b", "+2", "c"]),
+        ":3\r\n"
+    );
+    assert_eq!(
+        c.call(&["ZPOPMIN", "z", "3"]),
+        array(&["b", "-0.5", "c", "2", "a", "1000"])
+    );
+    assert_eq!(c.store.used_memory(), 0);
+}
+
+#[test]
+fn sorted_set_errors() {
+    let mut c = Client::new();
+    assert_eq!(c.call(&["ZPOPMIN", "z", "-1"]), NOT_POSITIVE);
+    assert_eq!(c.call(&["ZPOPMAX", "z", "x"]), NOT_POSITIVE);
+    assert_eq!(c.call(&["ZPOPMIN", "z", "1", "2"]), SYNTAX);
+    assert_eq!(c.call(&["ZPOPMIN"]), arity("zpopmin"));
+    assert_eq!(c.call(&["ZCARD"]), arity("zcard"));
+    assert_eq!(c.call(&["ZSCORE", "z"]), arity("zscore"));
+    assert_eq!(c.call(&["ZREM", "z"]), arity("zrem"));
+    c.call(&["SADD", "s", "x"]);
+    for args in [
+        &["ZADD", "s", "1", "a"][..],
+        &["ZADD", "s", "XX", "1", "a"],
+        &["ZCARD", "s"],
+        &["ZSCORE", "s", "a"],
+        &["ZREM", "s", "a"],
+        &["ZPOPMIN", "s"],
+        &["ZPOPMAX", "s", "0"],
+    ] {
+        assert_eq!(c.call(args), WRONG_TYPE, "{args:?}");
+    }
+    c.call(&["ZADD", "z", "1", "a"]);
+    assert_eq!(c.call(&["SADD", "z", "x"]), WRONG_TYPE);
+    assert_eq!(c.call(&["HGET", "z", "a"]), WRONG_TYPE);
+}
+
+#[test]
+fn xadd_ids_come_from_the_store_clock() {
+    let mut c = Client::new();
+    c.store.set_time_ms(1000);
+    assert_eq!(c.call(&["XADD", "s", "*", "f", "v"]), "$6\r\n1000-0\r\n");
+    assert_eq!(c.call(&["XADD", "s", "*", "f", "v"]), "$6\r\n1000-1\r\n");
+    c.store.set_time_ms(1005);
+    assert_eq!(
+        c.call(&["XADD", "s", "*", "f", "v", "g", "w"]),
+        "$6\r\n1005-0\r\n"
+    );
+    // A clock that goes back does not make IDs go back.
+    c.store.set_time_ms(7);
+    assert_eq!(c.call(&["XADD", "s", "*", "f", "v"]), "$6\r\n1005-1\r\n");
+    assert_eq!(c.call(&["XLEN", "s"]), ":4\r\n");
+    assert_eq!(c.call(&["TYPE", "s"]), "+stream\r\n");
+    assert_eq!(c.call(&["XLEN", "nosuch"]), ":0\r\n");
+
+    // Replayed with the same clock values, the same IDs.
+    let mut again = Client::new();
+    again.store.set_time_ms(1000);
+    assert_eq!(
+        again.call(&["XADD", "s", "*", "f", "v"]),
+        "$6\r\n1000-0\r\n"
+    );
+}
+
+#[test]
+fn xadd_explicit_ids_must_grow() {
+    let mut c = Client::new();
+    c.store.set_time_ms(50);
+    let too_small =
+        "-ERR The ID specified in XADD is equal or smaller than the target stream top item\r\n";
+    let zero = "-ERR The ID specified in XADD must be greater than 0-0\r\n";
+    let invalid = "-ERR Invalid stream ID specified as stream command argument\r\n";
+    assert_eq!(c.call(&["XADD", "s", "0-0", "f", "v"]), zero);
+    assert_eq!(c.call(&["XADD", "s", "0", "f", "v"]), zero);
+    assert_eq!(c.call(&["EXISTS", "s"]), ":0\r\n");
+    assert_eq!(c.call(&["XADD", "s", "0-*", "f", "v"]), "$3\r\n0-1\r\n");
+    assert_eq!(c.call(&["XADD", "s", "5-3", "f", "v"]), "$3\r\n5-3\r\n");
+    assert_eq!(c.call(&["XADD", "s", "5-3", "f", "v"]), too_small);
+    assert_eq!(c.call(&["XADD", "s", "5-2", "f", "v"]), too_small);
+    assert_eq!(c.call(&["XADD", "s", "4-9", "f", "v"]), too_small);
+    assert_eq!(c.call(&["XADD", "s", "5", "f", "v"]), too_small);
+    assert_eq!(c.call(&["XADD", "s", "5-*", "f", "v"]), "$3\r\n5-4\r\n");
+    assert_eq!(c.call(&["XADD", "s", "6", "f", "v"]), "$3\r\n6-0\r\n");
+    assert_eq!(c.call(&["XADD", "s", "9-*", "f", "v"]), "$3\r\n9-0\r\n");
+    // `*` is never below the last ID, here 9-0 with the clock at 50.
+    assert_eq!(c.call(&["XADD", "s", "*", "f", "v"]), "$4\r\n50-0\r\n");
+    assert_eq!(c.call(&["XADD", "s", "8-*", "f", "v"]), too_small);
+    assert_eq!(c.call(&["XLEN", "s"]), ":6\r\n");
+    for id in [
+        "x",
+        "-1",
+        "1-x",
+        "1-2-3",
+        "-",
+        "+",
+        "1-",
+        "-1-1",
+        "18446744073709551616",
+    ] {
+        assert_eq!(c.call(&["XADD", "s", id, "f", "v"]), invalid, "{id}");
+    }
+    let max = "18446744073709551615-18446744073709551615";
+    assert_eq!(
+        c.call(&["XADD", "s", max, "f", "v"]),
+        format!("${}\r\n{max}\r\n", max.len())
+    );
+    let exhausted =
+        "-ERR The stream has exhausted the last possible ID, unable to add more items\r\n";
+    assert_eq!(c.call(&["XADD", "s", "*", "f", "v"]), exhausted);
+    assert_eq!(c.call(&["XLEN", "s"]), ":7\r\n");
+
+    assert_eq!(c.call(&["XADD", "s", "*", "f"]), arity("xadd"));
+    assert_eq!(c.call(&["XADD", "s", "*", "f", "v", "g"]), arity("xadd"));
+    assert_eq!(
+        c.call(&["XADD", "s", "NOMKSTREAM", "*", "f"]),
+        arity("xadd")
+    );
+    assert_eq!(c.call(&["XADD", "s", "*"]), arity("xadd"));
+    assert_eq!(c.call(&["XLEN"]), arity("xlen"));
+    c.call(&["SET", "str", "x"]);
+    assert_eq!(c.call(&["XADD", "str", "*", "f", "v"]), WRONG_TYPE);
+    assert_eq!(c.call(&["XLEN", "str"]), WRONG_TYPE);
+    assert_eq!(c.call(&["XRANGE", "str", "-", "+"]), WRONG_TYPE);
+    assert_eq!(c.call(&["LLEN", "s"]), WRONG_TYPE);
+}
+
+#[test]
+fn xadd_options() {
+    let mut c = Client::new();
+    assert_eq!(
+        c.call(&["XADD", "s", "NOMKSTREAM", "*", "f", "v"]),
+        "$-1\r\n"
+    );
+    assert_eq!(c.call(&["EXISTS", "s"]), ":0\r\n");
+    for i in 1..=5 {
+        let id = format!("{i}-0");
+        c.call(&["XADD", "s", &id, "n", &i.to_string()]);
+    }
+    assert_eq!(
+        c.call(&["XADD", "s", "NOMKSTREAM", "MAXLEN", "3", "6", "n", "6"]),
+        "$3\r\n6-0\r\n"
+    );
+    assert_eq!(c.call(&["XLEN", "s"]), ":3\r\n");
+    // The clock is at 0: `*` is the next sequence number after 6-0.
+    assert_eq!(
+        c.call(&["XADD", "s", "MAXLEN", "=", "2", "*", "n", "7"]),
+        "$3\r\n6-1\r\n"
+    );
+    assert_eq!(
+        c.call(&["XRANGE", "s", "-", "+"]),
+        "*2\r\n*2\r\n$3\r\n6-0\r\n*2\r\n$1\r\nn\r\n$1\r\n6\r\n\
+         *2\r\n$3\r\n6-1\r\n*2\r\n$1\r\nn\r\n$1\r\n7\r\n"
+    );
+    c.call(&["XADD", "s", "MINID", "6-1", "8-0", "n", "8"]);
+    assert_eq!(c.call(&["XLEN", "s"]), ":2\r\n");
+    c.call(&[
+        "XADD", "s", "MAXLEN", "~", "1", "LIMIT", "0", "9-0", "n", "9",
+    ]);
+    assert_eq!(c.call(&["XLEN", "s"]), ":1\r\n");
+    // An emptied stream stays, with its last ID.
+    c.call(&["XADD", "s", "MAXLEN", "0", "10-0", "n", "10"]);
+    assert_eq!(c.call(&["XLEN", "s"]), ":0\r\n");
+    assert_eq!(c.call(&["EXISTS", "s"]), ":1\r\n");
+    assert_eq!(
+        c.call(&["XADD", "s", "10-0", "n", "10"]),
+        "-ERR The ID specified in XADD is equal or smaller than the target stream top item\r\n"
+    );
+
+    for (args, error) in [
+        (
+            &["XADD", "s", "MAXLEN", "1", "MINID", "1", "*", "f", "v"][..],
+            "ERR syntax error, MAXLEN and MINID options at the same time are not compatible",
+        ),
+        (
+            &["XADD", "s", "MAXLEN", "-1", "*", "f", "v"],
+            "ERR The MAXLEN argument must be >= 0.",
+        ),
+        (
+            &["XADD", "s", "MAXLEN", "x", "*", "f", "v"],
+            "ERR value is not an integer or out of range",
+        ),
+        (
+            &["XADD", "s", "MINID", "x", "*", "f", "v"],
+            "ERR Invalid stream ID specified as stream command argument",
+        ),
+        (
+            &[
+                "XADD", "s", "MAXLEN", "~", "1", "LIMIT", "-1", "*", "f", "v",
+            ],
+            "ERR The LIMIT argument must be >= 0.",
+        ),
+        (
+            &["XADD", "s", "LIMIT", "5", "*", "f", "v"],
+            "ERR syntax error, LIMIT cannot be used without specifying a trimming strategy",
+        ),
+        (
+            &["XADD", "s", "MAXLEN", "1", "LIMIT", "5", "*", "f", "v"],
+            "ERR syntax error, LIMIT cannot be used without the special ~ option",
+        ),
+        (
+            &["XADD", "s", "BOGUS", "*", "f", "v"],
+            "ERR Invalid stream ID specified as stream command argument",
+        ),
+    ] {
+        assert_eq!(c.call(args), format!("-{error}\r\n"), "{args:?}");
+    }
+    assert_eq!(c.call(&["XLEN", "s"]), ":0\r\n");
+}
+
+#[test]
+fn xrange() {
+    let mut c = Client::new();
+    assert_eq!(c.call(&["XRANGE", "s", "-", "+"]), "*0\r\n");
+    for id in ["1-1", "1-2", "2-0", "3-5"] {
+        c.call(&["XADD", "s", id, "id", id]);
+    }
+    let entries = |ids: &[&str]| {
+        let mut out = format!("*{}\r\n", ids.len());
+        for id in ids {
+            out.push_str(&format!(
+                "*2\r\n${}\r\n{id}\r\n{}",
+                id.len(),
+                array(&["id", id])
+            ));
+        }
+        out
+    };
+    assert_eq!(
+        c.call(&["XRANGE", "s", "-", "+"]),
+        entries(&["1-1", "1-2", "2-0", "3-5"])
+    );
+    assert_eq!(
+        c.call(&["XRANGE", "s", "1", "2"]),
+        entries(&["1-1", "1-2", "2-0"])
+    );
+    assert_eq!(
+        c.call(&["XRANGE", "s", "1-2", "3-4"]),
+        entries(&["1-2", "2-0"])
+    );
+    assert_eq!(
+        c.call(&["XRANGE", "s", "(1-1", "(3-5"]),
+        entries(&["1-2", "2-0"])
+    );
+    assert_eq!(
+        c.call(&["XRANGE", "s", "-", "+", "COUNT", "2"]),
+        entries(&["1-1", "1-2"])
+    );
+    assert_eq!(c.call(&["XRANGE", "s", "-", "+", "count", "-3"]), "*-1\r\n");
+    assert_eq!(c.call(&["XRANGE", "s", "-", "+", "COUNT", "0"]), "*-1\r\n");
+    assert_eq!(c.call(&["XRANGE", "s", "3", "1"]), "*0\r\n");
+    assert_eq!(
+        c.call(&[
+            "XRANGE",
+            "s",
+            "(18446744073709551615-18446744073709551615",
+            "+"
+        ]),
+        "-ERR invalid start ID for the interval\r\n"
+    );
+    assert_eq!(
+        c.call(&["XRANGE", "s", "-", "(0-0"]),
+        "-ERR invalid end ID for the interval\r\n"
+    );
+    let invalid = "-ERR Invalid stream ID specified as stream command argument\r\n";
+    assert_eq!(c.call(&["XRANGE", "s", "x", "+"]), invalid);
+    assert_eq!(c.call(&["XRANGE", "s", "(-", "+"]), invalid);
+    assert_eq!(c.call(&["XRANGE", "s", "-", "(+"]), invalid);
+    assert_eq!(c.call(&["XRANGE", "s", "-", "+", "COUNT"]), SYNTAX);
+    assert_eq!(c.call(&["XRANGE", "s", "-", "+", "LIMIT", "1"]), SYNTAX);
+    assert_eq!(
+        c.call(&["XRANGE", "s", "-", "+", "COUNT", "x"]),
+        NOT_INTEGER
+    );
+    assert_eq!(c.call(&["XRANGE", "s", "-"]), arity("xrange"));
+}
+
+/// Entries keep their fields packed: lengths of one, two and three bytes,
+/// empty fields and binary bytes all come back as sent.
+#[test]
+fn stream_fields_round_trip() {
+    let mut c = Client::new();
+    let long = vec![b'y'; 200];
+    let longer = vec![b'z'; 20_000];
+    let fields: [&[u8]; 6] = [b"a\r\n\0\xff", &long, b"", b"", b"k", &longer];
+    let mut args: Vec<&[u8]> = vec![b"XADD", b"s", b"1-1"];
+    args.extend(fields);
+    let (reply, _) = c.send(&request(&args));
+    assert_eq!(reply, b"$3\r\n1-1\r\n");
+    let mut expected = b"*1\r\n*2\r\n$3\r\n1-1\r\n*6\r\n".to_vec();
+    for field in fields {
+        expected.extend(format!("${}\r\n", field.len()).into_bytes());
+        expected.extend_from_slice(field);
+        expected.extend_from_slice(b"\r\n");
+    }
+    let (reply, _) = c.send(&request(&[b"XRANGE", b"s", b"-", b"+"]));
+    assert_eq!(reply, expected);
+}
+
+#[test]
+fn type_names_each_kind() {
+    let mut c = Client::new();
+    c.call(&["SET", "a", "1"]);
+    c.call(&["RPUSH", "b", "1"]);
+    assert_eq!(c.call(&["TYPE", "a"]), "+string\r\n");
+    assert_eq!(c.call(&["TYPE", "b"]), "+list\r\n");
+    assert_eq!(c.call(&["TYPE", "nosuch"]), "+none\r\n");
+    assert_eq!(c.call(&["TYPE"]), arity("type"));
+    // A plain SET replaces a value of any type.
+    c.call(&["ZADD", "z", "1", "a"]);
+    assert_eq!(c.call(&["SET", "z", "x"]), "+OK\r\n");
+    assert_eq!(c.call(&["TYPE", "z"]), "+string\r\n");
+}
+
+/// The requests of `redis-benchmark` with no `-t` (7.0's default suite,
+/// data size 3, no `-r`), each sent a few times: every one must succeed.
+#[test]
+fn redis_benchmark_default_suite() {
+    let mut c = Client::new();
+    c.store.set_time_ms(1_700_000_000_000);
+    let mut input = b"PING\r\n".to_vec();
+    let suite: &[&[&[u8]]] = &[
+        &[b"PING"],
+        &[b"SET", b"key:__rand_int__", b"xxx"],
+        &[b"GET", b"key:__rand_int__"],
+        &[b"INCR", b"counter:__rand_int__"],
+        &[b"LPUSH", b"mylist", b"xxx"],
+        &[b"RPUSH", b"mylist", b"xxx"],
+        &[b"LPOP", b"mylist"],
+        &[b"RPOP", b"mylist"],
+        &[b"SADD", b"myset", b"element:__rand_int__"],
+        &[b"HSET", b"myhash", b"element:__rand_int__", b"xxx"],
+        &[b"SPOP", b"myset"],
+        &[b"ZADD", b"myzset", b"0", b"element:__rand_int__"],
+        &[b"ZPOPMIN", b"myzset"],
+        &[b"LPUSH", b"mylist", b"xxx"],
+        &[b"LRANGE", b"mylist", b"0", b"99"],
+        &[b"LRANGE", b"mylist", b"0", b"599"],
+        &[
+            b"MSET",
+            b"key:__rand_int__",
+            b"xxx",
+            b"key:__rand_int__",
+            b"xxx",
+            b"key:__rand_int__",
+            b"xxx",
+            b"key:__rand_int__",
+            b"xxx",
+            b"key:__rand_int__",
+            b"xxx",
+            b"key:__rand_int__",
+            b"xxx",
+            b"key:__rand_int__",
+            b"xxx",
+            b"key:__rand_int__",
+            b"xxx",
+            b"key:__rand_int__",
+            b"xxx",
+            b"key:__rand_int__",
+            b"xxx",
+        ],
+        &[b"XADD", b"mystream", b"*", b"myfield", b"xxx"],
+    ];
+    for command in suite {
+        for _ in 0..700 {
+            input.extend(request(command));
+        }
+    }
+    let (reply, outcome) = c.send(&input);
+    assert_eq!(outcome, ProcessOutcome::NeedInput);
+    let text = String::from_utf8_lossy(&reply);
+    assert!(!text.contains("\r\n-"), "an error reply: {text:.2000}");
+    assert!(!text.starts_with('-'));
+    // LRANGE 0 599 on the 700 pushed last: 600 elements.
+    assert!(text.contains("*600\r\n"));
+    assert_eq!(c.call(&["XLEN", "mystream"]), ":700\r\n");
+    assert_eq!(
+        c.call(&["XADD", "mystream", "*", "f", "v"]),
+        "$17\r\n1700000000000-700\r\n"
+    );
+    assert_eq!(c.call(&["ZCARD", "myzset"]), ":0\r\n");
+    assert_eq!(c.call(&["SCARD", "myset"]), ":0\r\n");
+    assert_eq!(c.call(&["HLEN", "myhash"]), ":1\r\n");
+}
+
 #[test]
 fn dbsize_flushall_select() {
     let mut c = Client::new();
@@ -572,6 +1217,11 @@ fn writes_are_refused_over_maxmemory() {
         &["RPUSH", "l", "1"],
         &["LPUSH", "l", "1"],
         &["MSET", "x", "1"],
+        &["SADD", "s", "1"],
+        &["HSET", "h", "f", "1"],
+        &["HMSET", "h", "f", "1"],
+        &["ZADD", "z", "1", "m"],
+        &["XADD", "x", "*", "f", "1"],
     ] {
         assert_eq!(c.call(args), oom, "{args:?}");
     }
@@ -630,11 +1280,39 @@ fn memory_accounting_returns_to_zero() {
     c.call(&["SET", "l2", "x"]);
     c.call(&["RPUSH", "l3", "x"]);
     c.call(&["SET", "l3", "y"]);
+    c.call(&["SADD", "s", "a", "bb", "ccc"]);
+    c.call(&["SREM", "s", "a"]);
+    c.call(&["SPOP", "s"]);
+    c.call(&["HSET", "h", "f", "1", "g", "22"]);
+    c.call(&["HSET", "h", "f", "longer value"]);
+    c.call(&["HDEL", "h", "g"]);
+    c.call(&["ZADD", "z", "1", "a", "2", "bb", "3", "ccc"]);
+    c.call(&["ZADD", "z", "5", "a"]);
+    c.call(&["ZADD", "z", "INCR", "1", "bb"]);
+    c.call(&["ZREM", "z", "ccc"]);
+    c.call(&["ZPOPMIN", "z"]);
+    c.call(&["XADD", "x", "*", "f", "v", "g", "w"]);
+    c.call(&["XADD", "x", "MAXLEN", "1", "*", "field", "value"]);
+    // A SET over a collection gives the collection's bytes back.
+    c.call(&["ZADD", "x2", "1", "m"]);
+    c.call(&["XADD", "x2b", "*", "f", "v"]);
+    c.call(&["SET", "x2", "y"]);
+    c.call(&["SET", "x2b", "y"]);
+    c.call(&["DEL", "x2b"]);
+    // Emptied collections give their bytes back with their key.
+    c.call(&["SADD", "gone", "x"]);
+    c.call(&["SPOP", "gone"]);
+    c.call(&["HSET", "gone", "f", "v"]);
+    c.call(&["HDEL", "gone", "f"]);
+    c.call(&["ZADD", "gone", "1", "m"]);
+    c.call(&["ZPOPMAX", "gone"]);
+    assert_eq!(c.call(&["DBSIZE"]), ":13\r\n");
     assert!(c.store.used_memory() > 0);
     assert_eq!(
-        c.call(&["DEL", "a", "b", "n", "l", "m1", "m2", "l2", "l3"]),
-        ":8\r\n"
+        c.call(&["DEL", "a", "b", "n", "l", "m1", "m2", "l2", "l3", "s", "h", "z", "x"]),
+        ":12\r\n"
     );
+    assert_eq!(c.call(&["DEL", "x2"]), ":1\r\n");
     assert!(c.store.is_empty());
     assert_eq!(c.store.used_memory(), 0);
 }

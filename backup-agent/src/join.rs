@@ -1,15 +1,16 @@
 //! Joining a running primary: its snapshot arrives in pre-copy rounds
 //! (a later copy of a page replaces an earlier one), then its end. The
 //! backup checks that the snapshot is of its own image and configuration,
-//! restores the vCPU and computes the state digest of what it now holds;
-//! only a digest equal to the primary's lets it ack, and replay on.
+//! restores the vCPU and computes the state digest of what it now holds
+//! (each page's digest taken from RAM as the page arrives); only a digest
+//! equal to the primary's lets it ack, and replay on.
 
 use crate::source::ChannelSource;
 use agent::status::Status;
 use logchannel::{Event, Hello, SnapshotEnd};
 use std::time::Instant;
 use vmm::replay::hex;
-use vmm::snapshot::{StateDigest, VcpuState, PAGE_SIZE};
+use vmm::snapshot::{PageDigest, StateDigest, VcpuState, PAGE_SIZE};
 use vmm::{Machine, ResumePoint};
 
 /// How a join ended without a verified state.
@@ -32,19 +33,29 @@ pub fn receive(
     let started = Instant::now();
     let (mut pages, mut bytes) = (0u64, 0u64);
     status.transfer(|t| t.state = "copying".into());
+    // Kept current as pages arrive, while the primary runs: its output
+    // from the snapshot on waits for the check at the end.
+    let mut digests = machine
+        .page_digests()
+        .map_err(|e| JoinError::Refused(format!("reading the fresh VM's RAM: {e}")))?;
     loop {
         let written = match source.next_snapshot_part().ok_or(JoinError::Lost)? {
             Event::SnapshotPages { first_pfn, data } => {
-                pages += (data.len() / PAGE_SIZE) as u64;
+                let count = (data.len() / PAGE_SIZE) as u64;
+                pages += count;
                 bytes += data.len() as u64;
-                machine.write_pages(first_pfn, &data)
+                machine
+                    .write_pages(first_pfn, &data)
+                    .and_then(|()| machine.refresh_page_digests(&mut digests, first_pfn, count))
             }
             Event::SnapshotZeros { first_pfn, count } => {
                 pages += count;
                 write_zeros(machine, first_pfn, count)
+                    .and_then(|()| machine.refresh_page_digests(&mut digests, first_pfn, count))
             }
             Event::SnapshotEnd(end) => {
-                let point = verify(machine, &end, identity).map_err(JoinError::Refused)?;
+                let point =
+                    verify(machine, &end, identity, &digests).map_err(JoinError::Refused)?;
                 let digest = hex(&end.state_digest);
                 tracing::info!(
                     pages,
@@ -82,9 +93,14 @@ fn write_zeros(machine: &Machine, first_pfn: u64, count: u64) -> Result<(), vmm:
     Ok(())
 }
 
-/// Checks the snapshot's end against this backup and its RAM; restores
-/// the vCPU.
-fn verify(machine: &Machine, end: &SnapshotEnd, identity: &Hello) -> Result<ResumePoint, String> {
+/// Checks the snapshot's end against this backup and its RAM (`pages`:
+/// the digest of every page it holds); restores the vCPU.
+fn verify(
+    machine: &Machine,
+    end: &SnapshotEnd,
+    identity: &Hello,
+    pages: &[PageDigest],
+) -> Result<ResumePoint, String> {
     if end.image_hash != identity.image_hash {
         return Err(format!(
             "the snapshot is of guest image {}, this backup runs image {}",
@@ -108,15 +124,12 @@ fn verify(machine: &Machine, end: &SnapshotEnd, identity: &Hello) -> Result<Resu
         next_seq: end.next_seq,
         clock_ns: end.clock_ns,
     };
-    let pages = machine
-        .page_digests()
-        .map_err(|e| format!("reading the restored RAM: {e}"))?;
     let digest = StateDigest {
         image_hash: &identity.image_hash,
         config_hash: &identity.config_hash,
         point,
         vcpu: &end.vcpu,
-        pages: &pages,
+        pages,
     }
     .hash();
     if digest != end.state_digest {

@@ -221,6 +221,32 @@ impl Machine {
         Ok(self.ram()?.chunks(PAGE_SIZE).map(page_digest).collect())
     }
 
+    /// Brings `digests` (from [`Machine::page_digests`]) up to date for
+    /// the `count` pages from `first_pfn` on, from what RAM holds now: a
+    /// joining backup keeps them current as pages arrive, so its final
+    /// check does not hash all of RAM while the primary's output waits.
+    pub fn refresh_page_digests(
+        &self,
+        digests: &mut [PageDigest],
+        first_pfn: u64,
+        count: u64,
+    ) -> Result<(), MachineError> {
+        let range = first_pfn
+            .checked_add(count)
+            .filter(|&end| end <= PAGES && digests.len() as u64 == PAGES)
+            .map(|end| first_pfn as usize..end as usize)
+            .ok_or_else(|| {
+                MachineError::Memory(format!(
+                    "{count} pages at page {first_pfn:#x} are not in guest RAM"
+                ))
+            })?;
+        let ram = &self.ram()?[range.start * PAGE_SIZE..range.end * PAGE_SIZE];
+        for (digest, page) in digests[range].iter_mut().zip(ram.chunks(PAGE_SIZE)) {
+            *digest = page_digest(page);
+        }
+        Ok(())
+    }
+
     fn ram(&self) -> Result<&[u8], MachineError> {
         let host = self
             .memory

@@ -35,6 +35,32 @@ fn guest_starts_at_cpl3_and_halts_with_its_code() {
 }
 
 #[test]
+fn page_digests_refreshed_as_pages_are_written_equal_a_full_rehash() {
+    require_root_and_kvm();
+    let machine = boot(HALT_7);
+    let mut digests = machine.page_digests().unwrap();
+    let page = vmm::snapshot::PAGE_SIZE;
+    let data: Vec<u8> = (0..3 * page).map(|i| (i % 251) as u8).collect();
+    machine.write_pages(0x2000, &data).unwrap();
+    machine.write_pages(0x10, &vec![0xab; page]).unwrap();
+    machine
+        .refresh_page_digests(&mut digests, 0x2000, 3)
+        .unwrap();
+    // Compared without printing 32768 digests on failure.
+    let current = machine.page_digests().unwrap();
+    assert!(digests != current, "page 0x10 is stale");
+    machine.refresh_page_digests(&mut digests, 0x10, 1).unwrap();
+    assert!(digests == current);
+    let pages = digests.len() as u64;
+    for (first, count) in [(pages - 1, 2), (u64::MAX, 2)] {
+        let err = machine
+            .refresh_page_digests(&mut digests, first, count)
+            .unwrap_err();
+        assert!(err.to_string().contains("not in guest RAM"), "{err}");
+    }
+}
+
+#[test]
 fn same_guest_gives_same_state_hash() {
     require_root_and_kvm();
     let hashes: Vec<_> = (0..2)

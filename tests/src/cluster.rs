@@ -1156,7 +1156,13 @@ impl Cluster {
     /// ft-checker pushing `key` on one connection until
     /// [`OpenChecker::finish`].
     pub fn start_open_checker(&self, key: &str) -> Result<OpenChecker> {
-        let mut cmd = self.checker_command(key, &["--until-stdin-closes", "--pause-ms", "2"]);
+        self.start_open_checker_with(key, &["--pause-ms", "2"])
+    }
+
+    /// [`Cluster::start_open_checker`] with ft-checker options of its own.
+    pub fn start_open_checker_with(&self, key: &str, args: &[&str]) -> Result<OpenChecker> {
+        let mut cmd = self.checker_command(key, &["--until-stdin-closes"]);
+        cmd.args(args);
         let (stdin, writer) = std::io::pipe().context("a pipe for ft-checker's stdin")?;
         cmd.stdin(stdin).stderr(Stdio::inherit());
         Ok(OpenChecker {

@@ -26,8 +26,9 @@ enum Task {
     BuildGuest,
     /// Install the eBPF toolchain if missing and build target/bpf/ft-ebpf.o.
     BuildEbpf,
-    /// Measure throughput and overheads with real clients; prints one table.
-    Bench,
+    /// Measure throughput, overheads and failover with real clients,
+    /// beside Redis + Sentinel; prints one table, writes docs/bench/.
+    Bench(bench::BenchArgs),
     /// Kill the primary of a replicated guest under real client load, live.
     Demo(demo::DemoArgs),
     /// Inject random faults into the replicated cluster and check every
@@ -48,7 +49,7 @@ fn main() -> Result<()> {
         Task::BuildEbpf => ebpf::build().map(drop),
         Task::Test => test::test(),
         Task::Dist => dist::dist().map(drop),
-        Task::Bench => bench::bench(),
+        Task::Bench(args) => bench::bench(&args),
         Task::Demo(args) => demo::demo(&args),
         Task::Chaos(args) => chaos::chaos(&args),
         Task::Fuzz(args) => fuzz::fuzz_by_hand(&args),

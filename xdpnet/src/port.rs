@@ -134,8 +134,8 @@ impl XdpPort {
         let mut tx = None;
         for queue in 0..queues {
             // veths send on queue 0: it is the one that transmits.
-            let (rings, tx_rings) =
-                xsk::open(ifindex, queue, queue == 0).map_err(|e| Error::io("AF_XDP socket", e))?;
+            let (rings, tx_rings) = open_when_released(ifindex, queue, queue == 0)
+                .map_err(|e| Error::io("AF_XDP socket", e))?;
             xsk_map
                 .set(queue, rings.socket().as_raw_fd(), 0)
                 .map_err(|e| Error::Map(format!("{XSK_MAP}[{queue}]: {}", chain(&e))))?;
@@ -529,4 +529,31 @@ where
         .program_mut(name)
         .ok_or_else(|| Error::Load(format!("program {name} missing from the object")))?;
     prog.try_into().map_err(|e| Error::Load(chain(&e)))
+}
+
+/// How long a queue may stay busy after its previous socket closed.
+const QUEUE_RELEASE_LIMIT: Duration = Duration::from_secs(3);
+
+/// [`xsk::open`], retried while the queue is busy: the kernel releases a
+/// killed process's AF_XDP socket some milliseconds after the process is
+/// gone, and a node restarted at once (a service manager, a test) must not
+/// fail for that.
+fn open_when_released(
+    ifindex: u32,
+    queue: u32,
+    with_tx: bool,
+) -> io::Result<(RxRings, Option<TxRings>)> {
+    let deadline = Instant::now() + QUEUE_RELEASE_LIMIT;
+    let mut told = false;
+    loop {
+        match xsk::open(ifindex, queue, with_tx) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                if !std::mem::replace(&mut told, true) {
+                    tracing::info!(queue, "AF_XDP queue still held by a closed socket; waiting");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
 }

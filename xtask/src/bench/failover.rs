@@ -49,6 +49,22 @@ pub struct Series {
     pub timeline: Vec<u64>,
 }
 
+impl std::fmt::Display for Series {
+    /// One line for the log while the bench runs on.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let gaps: Vec<String> = self.gaps().iter().map(|g| format!("{g:.1}")).collect();
+        write!(
+            f,
+            "gaps (ms) [{}], lost {} of {}, connection survived {} of {}",
+            gaps.join(" "),
+            self.lost,
+            self.acked,
+            self.connection_survived,
+            self.kills.len()
+        )
+    }
+}
+
 impl Series {
     pub fn gaps(&self) -> Vec<f64> {
         self.kills.iter().map(|kill| kill.gap_ms).collect()

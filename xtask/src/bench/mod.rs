@@ -69,13 +69,23 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     eprintln!("xtask: failover, ftvm ({} kills)", args.kills);
     let ftvm = failover::ftvm(args.kills)?;
-    eprintln!(
-        "xtask: failover, Redis + Sentinel ({} kills)",
-        args.redis_kills
-    );
-    let redis = failover::redis(args.redis_kills, false)?;
-    eprintln!("xtask: failover, Redis + Sentinel with WAIT 1");
-    let redis_wait = failover::redis(args.redis_kills, true)?;
+    eprintln!("xtask: ftvm: {ftvm}");
+    // The comparison's columns: a failed run is shown as such, and the
+    // rest of the table still comes out.
+    let redis_series = |wait: bool| {
+        eprintln!(
+            "xtask: failover, Redis + Sentinel ({} kills, WAIT 1: {wait})",
+            args.redis_kills
+        );
+        let series = failover::redis(args.redis_kills, wait).map_err(|e| format!("{e:#}"));
+        match &series {
+            Ok(series) => eprintln!("xtask: Redis: {series}"),
+            Err(e) => eprintln!("xtask: Redis failed: {e}"),
+        }
+        series
+    };
+    let redis = redis_series(false);
+    let redis_wait = redis_series(true);
     eprintln!("xtask: re-protection ({} joins)", args.joins);
     let joins = join::measure(args.joins)?;
 

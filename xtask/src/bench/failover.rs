@@ -109,13 +109,16 @@ impl Series {
 }
 
 /// Each kill's gap: the longest wait between two acknowledged writes
-/// whose first came at most [`GAP_START_WITHIN_US`] after the kill; and
-/// the longest one after that, before the next kill (or the end).
+/// that ended after the kill and began at most [`GAP_START_WITHIN_US`]
+/// after it (the wait in progress at the kill counts whole); and the
+/// longest one after that, before the next kill (or the end).
 fn gaps(timeline: &[u64], kills_at: &[u64]) -> Vec<Kill> {
-    let longest = |from: u64, to: u64| {
+    let longest = |ends_after: u64, starts_from: u64, starts_before: u64| {
         timeline
             .windows(2)
-            .filter(|pair| pair[0] >= from && pair[0] < to)
+            .filter(|pair| {
+                pair[1] > ends_after && pair[0] >= starts_from && pair[0] < starts_before
+            })
             .map(|pair| pair[1] - pair[0])
             .max()
             .unwrap_or(0) as f64
@@ -128,8 +131,8 @@ fn gaps(timeline: &[u64], kills_at: &[u64]) -> Vec<Kill> {
             let gap_ends = at + GAP_START_WITHIN_US;
             let next = kills_at.get(i + 1).map_or(u64::MAX, |next| next - 1_000);
             Kill {
-                gap_ms: longest(at.saturating_sub(1_000), gap_ends + 1),
-                after_ms: longest(gap_ends + 1, next),
+                gap_ms: longest(at, 0, gap_ends + 1),
+                after_ms: longest(0, gap_ends + 1, next),
                 at_us: at,
             }
         })
@@ -244,9 +247,8 @@ pub fn redis(kills: usize, wait: bool) -> Result<Series> {
         if report.get("connection_survived") == "true" {
             series.connection_survived += 1;
         }
-        if round == kills / 2 {
-            series.timeline = round_timeline;
-        }
+        // Rounds follow one another: one timeline holds them all.
+        series.timeline.extend(round_timeline);
     }
     redis.stop()?;
     Ok(series)
@@ -268,6 +270,9 @@ mod tests {
         let kills = gaps(&timeline, &[10_000]);
         assert_eq!(kills[0].gap_ms, 14.95);
         assert_eq!(kills[0].after_ms, 31.0);
+        // A client that had waited since before the kill: the whole wait.
+        let quiet_before: Vec<u64> = vec![0, 4_000, 900_000, 901_000];
+        assert_eq!(gaps(&quiet_before, &[10_000])[0].gap_ms, 896.0);
         let series = Series {
             kills,
             lost: 0,

@@ -10,7 +10,7 @@
 //! longer than `down-after-milliseconds` would pass for a dead master.
 
 use ft_tests::cluster::Host;
-use ft_tests::sentinel::{host_of, require_redis_server, RedisSentinel};
+use ft_tests::sentinel::{host_of, require_redis_server, server_addr, RedisSentinel};
 use ft_tests::{require_root, wait_for, Process, ScratchDir, Summary};
 use std::collections::HashSet;
 use std::path::Path;
@@ -29,6 +29,10 @@ fn exclusive() -> MutexGuard<'static, ()> {
 }
 
 const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
+/// How long a rejoin may take: a full sync, and up to 10 s for the
+/// sentinels' next INFO of the replica (and 11 s more after a failover
+/// they tried meanwhile).
+const REJOIN_LIMIT: Duration = Duration::from_secs(60);
 /// Values the checker must have pushed before the kill, and after it.
 const BEFORE_KILL: u64 = 300;
 const AFTER_KILL: u64 = 300;
@@ -44,6 +48,36 @@ struct Run {
     kill_us: u64,
     /// The list as the new master holds it at the end.
     list: Vec<String>,
+    /// The list as the old master's host holds it at the end, once it has
+    /// rejoined as a replica and caught up.
+    replica_list: Option<Vec<String>>,
+    /// What the sentinels did over the whole run, from their logs.
+    sentinels: SentinelEvents,
+}
+
+/// Counts of sentinel events over a run (every sentinel's log together).
+#[derive(Debug)]
+struct SentinelEvents {
+    try_failover: usize,
+    selected_replica: usize,
+    aborted_no_good_replica: usize,
+    switch_master: usize,
+}
+
+impl SentinelEvents {
+    fn of(redis: &RedisSentinel) -> SentinelEvents {
+        let count = |event: &str| {
+            redis
+                .sentinel_events(event)
+                .unwrap_or_else(|e| panic!("the sentinels' logs: {e:#}"))
+        };
+        SentinelEvents {
+            try_failover: count("+try-failover"),
+            selected_replica: count("+selected-slave"),
+            aborted_no_good_replica: count("-failover-abort-no-good-slave"),
+            switch_master: count("+switch-master"),
+        }
+    }
 }
 
 impl Run {
@@ -127,13 +161,54 @@ impl Run {
         assert!(report.number("reconnects") >= 1, "{report:?}");
     }
 
+    /// Replication is one ordered stream and a replica applies a prefix of
+    /// it: if the promoted replica has a write, it has every write the old
+    /// master took before it. So what a failover loses is the last writes
+    /// the old master acknowledged, those it had not sent yet, and never
+    /// one followed by a value still present.
+    fn assert_lost_only_an_unreplicated_tail(&self) {
+        let first_new = self.break_index();
+        let lost: Vec<usize> = self.lost().iter().map(|&(_, i)| i).collect();
+        let tail: Vec<usize> = (first_new - lost.len()..first_new).collect();
+        assert_eq!(
+            lost,
+            tail,
+            "lost values {:?} are not the last the old master acknowledged ({} of them)",
+            self.lost(),
+            first_new
+        );
+    }
+
+    /// The old master's host, back as a replica, holds the same list as
+    /// the master: a value reported lost is absent from both.
+    fn assert_servers_agree(&self) {
+        let replica = self.replica_list.as_ref().expect("the run rejoined");
+        assert_eq!(
+            replica.len(),
+            self.list.len(),
+            "the replica and the master hold lists of different lengths"
+        );
+        assert!(
+            *replica == self.list,
+            "the replica and the master hold different lists"
+        );
+    }
+
     fn show(&self, what: &str) {
+        let events = &self.sentinels;
         eprintln!(
-            "sentinel {what}: {:?}; kill to next ack {:?}, acked by the new master {}, lost {}",
+            "sentinel {what}: {:?}; kill to next ack {:?}, acked by the new master {}, \
+             lost {} of {} acked; the sentinels tried {} failover(s), switched {} time(s), \
+             picked {} replica(s) and found none {} time(s)",
             self.report,
             self.kill_to_next_ack(),
             self.acked_after_break(),
-            self.lost().len()
+            self.lost().len(),
+            self.acked.len(),
+            events.try_failover,
+            events.switch_master,
+            events.selected_replica,
+            events.aborted_no_good_replica
         );
     }
 }
@@ -171,8 +246,14 @@ struct Plan<'a> {
     /// the master acknowledges `LAGGED` writes the replica never gets.
     lag: bool,
     /// Once the new master has taken a few writes alone, start the old
-    /// master's host again as its replica.
+    /// master's host again as its replica (`RedisSentinel::rejoin`), while
+    /// the checker pushes on, as the bench does.
     rejoin: bool,
+    /// With `rejoin`: stop the new master before the old master's host
+    /// starts again, and resume it only once the sentinels have tried to
+    /// replace it, while the rejoining server still waits for its first
+    /// sync.
+    stall_during_rejoin: bool,
 }
 
 /// Writes the master acknowledges while replication is cut.
@@ -240,9 +321,13 @@ fn failover_run(tag: &str, plan: Plan) -> Run {
     if plan.rejoin {
         let now = llen(&redis, &new_master, key);
         pushed_past(&redis, &new_master, key, now + 2);
-        redis
-            .rejoin(killed, Duration::from_secs(60))
-            .expect("the old master's host rejoins as a replica");
+        if plan.stall_during_rejoin {
+            rejoin_while_the_master_stalls(&mut redis, killed);
+        } else {
+            redis
+                .rejoin(killed, REJOIN_LIMIT)
+                .expect("the old master's host rejoins as a replica");
+        }
     }
 
     let now = llen(&redis, &new_master, key);
@@ -257,10 +342,26 @@ fn failover_run(tag: &str, plan: Plan) -> Run {
     let report = Summary::parse(&stdout);
     assert_eq!(report.get("master"), new_master, "{stdout}");
 
-    let list = redis
-        .cli_at(&new_master, &["LRANGE", key, "0", "-1"])
-        .expect("LRANGE on the new master");
-    let list = list.lines().map(str::to_string).collect();
+    let lrange = |addr: &str| -> Vec<String> {
+        redis
+            .cli_at(addr, &["LRANGE", key, "0", "-1"])
+            .unwrap_or_else(|e| panic!("LRANGE on {addr}: {e:#}"))
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let list = lrange(&new_master);
+    let replica_list = plan.rejoin.then(|| {
+        // Nothing writes any more: the replica catches up with the list.
+        let replica = server_addr(killed);
+        let len = list.len() as u64;
+        wait_for("the replica to catch up", Duration::from_secs(30), || {
+            Ok((llen(&redis, &replica, key) >= len).then_some(()))
+        })
+        .unwrap_or_else(|e| panic!("the replica on {replica}: {e:#}"));
+        lrange(&replica)
+    });
+    let sentinels = SentinelEvents::of(&redis);
     let run = Run {
         report,
         acked: read_lines(&acked_path),
@@ -270,9 +371,63 @@ fn failover_run(tag: &str, plan: Plan) -> Run {
             .collect(),
         kill_us,
         list,
+        replica_list,
+        sentinels,
     };
     redis.stop().expect("stop the servers and sentinels");
     run
+}
+
+/// Stops the new master (SIGSTOP: its kernel still takes connections, it
+/// answers nothing) and starts the old master's host again meanwhile, so
+/// that the rejoining server cannot have its first sync; resumes the
+/// master once the sentinels, with the rejoining server in view
+/// (connected, its INFO read), have tried to replace it: they picked a
+/// replica or found none. Then lets the rejoin finish.
+fn rejoin_while_the_master_stalls(redis: &mut RedisSentinel, host: Host) {
+    let master = host.other();
+    let tried = |redis: &RedisSentinel| {
+        let events = SentinelEvents::of(redis);
+        events.selected_replica + events.aborted_no_good_replica
+    };
+    let before = SentinelEvents::of(redis);
+    redis
+        .signal_server(master, libc::SIGSTOP)
+        .expect("stop the new master");
+    let stopped = Instant::now();
+    let stall = redis.start_rejoin(host).and_then(|()| {
+        wait_for(
+            "the sentinels to see the rejoining server",
+            FAILOVER_LIMIT,
+            || Ok(redis.sentinels_see_replica(host)?.then_some(())),
+        )?;
+        // An attempt made before they saw it proves nothing; the next one
+        // comes at most 2 × failover-timeout later.
+        let seen = tried(redis);
+        wait_for(
+            "the sentinels to try to replace the stopped master",
+            FAILOVER_LIMIT,
+            || Ok((tried(redis) > seen).then_some(())),
+        )
+    });
+    redis
+        .signal_server(master, libc::SIGCONT)
+        .expect("resume the new master");
+    stall.expect("the sentinels try to replace the stopped master, the rejoining server in view");
+    let after = SentinelEvents::of(redis);
+    eprintln!(
+        "sentinel: the new master stopped for {:?}, until the sentinels tried to replace it: {after:?}",
+        stopped.elapsed()
+    );
+    // The rejoining server had not synced: promoting it would have made
+    // its empty data set the master's.
+    assert_eq!(
+        after.selected_replica, before.selected_replica,
+        "the sentinels picked a replica that had not synced: {after:?}"
+    );
+    redis
+        .finish_rejoin(host, REJOIN_LIMIT)
+        .expect("the old master's host rejoins as a replica");
 }
 
 #[test]
@@ -283,6 +438,60 @@ fn sentinel_promotes_the_replica_and_the_client_follows() {
     run.assert_consistent();
     assert!(run.acked_after_break() > 0, "{:?}", run.report);
     assert_eq!(run.report.number("wait_short"), 0, "{:?}", run.report);
+}
+
+/// The bench's sequence: kill -9 of the master, and the old master's host
+/// back as a replica of the new one while the checker still pushes. A
+/// killed process on a live host loses only what the replica had not
+/// received (its kernel still sends what the socket held), and the rejoin
+/// must cost nothing: the new master keeps every write it acknowledged,
+/// and the replica ends with the same list.
+#[test]
+fn the_old_master_rejoining_during_the_run_costs_no_write() {
+    let _one = exclusive();
+    let run = failover_run(
+        "sj",
+        Plan {
+            rejoin: true,
+            ..Plan::default()
+        },
+    );
+    run.show("async, rejoin during the run");
+    run.assert_consistent();
+    run.assert_lost_only_an_unreplicated_tail();
+    run.assert_servers_agree();
+    assert!(run.acked_after_break() > 0, "{:?}", run.report);
+    // Each sentinel switched once, to the new master, and never again.
+    assert_eq!(run.sentinels.switch_master, 3, "{:?}", run.sentinels);
+}
+
+/// The new master stalls while the old master's host rejoins, before the
+/// rejoining server has its first sync: the sentinels try to replace the
+/// master and must not promote the empty replica (with Redis's default
+/// priority they would, and the master, back, would resync from it and
+/// lose every write). The failover is abandoned, the master takes writes
+/// again once it runs, and the rejoin completes.
+#[test]
+fn a_failover_during_the_rejoin_does_not_promote_the_empty_replica() {
+    let _one = exclusive();
+    let run = failover_run(
+        "sk",
+        Plan {
+            rejoin: true,
+            stall_during_rejoin: true,
+            ..Plan::default()
+        },
+    );
+    run.show("async, new master stalled during the rejoin");
+    run.assert_consistent();
+    run.assert_lost_only_an_unreplicated_tail();
+    run.assert_servers_agree();
+    assert!(
+        run.sentinels.aborted_no_good_replica >= 1,
+        "{:?}",
+        run.sentinels
+    );
+    assert_eq!(run.sentinels.switch_master, 3, "{:?}", run.sentinels);
 }
 
 /// With `WAIT 1` after each write, a write is acknowledged only once the
@@ -305,6 +514,7 @@ fn with_wait_one_no_acknowledged_write_is_lost() {
     );
     run.show("WAIT 1");
     run.assert_consistent();
+    run.assert_servers_agree();
     assert_eq!(run.report.number("lost"), 0, "{:?}", run.report);
     assert!(run.lost().is_empty(), "{:?}", run.lost());
     assert!(run.acked_after_break() > 0, "{:?}", run.report);

@@ -48,8 +48,13 @@
 //! has the same fields as above and more:
 //!
 //! ```text
-//! ... max_gap_ms=N unacked=N reconnects=N wait_short=N master=IP:PORT
+//! ... max_gap_ms=N unacked=N reconnects=N wait_short=N master=IP:PORT wrote_last_to=IP:PORT
 //! ```
+//!
+//! `wrote_last_to` is the master that acknowledged the last write. If it
+//! is not `master`, the sentinels moved the master away from a node that
+//! still took this client's writes (a failover while it was up), and what
+//! that node acknowledged since is likely among the lost.
 //!
 //! Redis may lose acknowledged writes (replication is asynchronous), so in
 //! this mode losses are reported, not failed: the exit code is 0 when the
@@ -188,6 +193,8 @@ struct History {
     /// Following Sentinel: writes the master took that WAIT did not see
     /// reach enough replicas.
     wait_short: u64,
+    /// Following Sentinel: the master that acknowledged the last write.
+    wrote_last_to: Option<SocketAddr>,
     last_ack: Instant,
 }
 
@@ -202,6 +209,7 @@ impl History {
             max_gap: Duration::ZERO,
             reconnects: 0,
             wait_short: 0,
+            wrote_last_to: None,
             last_ack: Instant::now(),
         }
     }
@@ -564,17 +572,22 @@ fn follow_sentinel(cli: &Cli) -> Result<bool> {
     let (master, mut reader) = sentinels
         .find_master(Instant::now() + final_limit, || false)
         .context("the final read needs a master")?;
+    // The whole list in one reply: more than one write's time.
+    reader.request_timeout = reader.request_timeout.max(connect_timeout);
     let list = reader
         .lrange(&cli.key)
         .with_context(|| format!("LRANGE {} on {master}", cli.key))?;
 
     let verdict = Verdict::of(&history, &list);
     println!(
-        "{} unacked={} reconnects={} wait_short={} master={master}",
+        "{} unacked={} reconnects={} wait_short={} master={master} wrote_last_to={}",
         verdict.line(&history),
         history.unacked.len(),
         history.reconnects,
-        history.wait_short
+        history.wait_short,
+        history
+            .wrote_last_to
+            .map_or_else(|| "none".to_string(), |a| a.to_string())
     );
     Ok(verdict.duplicated == 0)
 }
@@ -667,7 +680,10 @@ fn push_following(
         };
         let value = value_name(n);
         match write_one(current, key, &value, wait) {
-            Outcome::Acked => history.ack(n, &mut progress),
+            Outcome::Acked => {
+                history.ack(n, &mut progress);
+                history.wrote_last_to = Some(master);
+            }
             Outcome::Short => {
                 history.unacked.push(n);
                 history.wait_short += 1;

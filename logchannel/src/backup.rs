@@ -276,11 +276,16 @@ impl BackupListener {
     /// into one.
     pub fn ack(&self, seq: u64) {
         if let Some(session) = &self.current {
+            let before = session.ackable();
             session
                 .acked
                 .fetch_max(seq.saturating_add(1), Ordering::SeqCst);
             session.receipt_acks.store(true, Ordering::SeqCst);
-            session.wake_writer();
+            // Once receipts are acked, the replay thread's acks are behind
+            // them: no wake-up of the writer for those.
+            if session.ackable() > before {
+                session.wake_writer();
+            }
         }
     }
 
@@ -717,6 +722,9 @@ async fn write_acks(
         }
         if beat {
             heartbeats.encode(&mut out);
+        }
+        if out.is_empty() {
+            continue;
         }
         if let Err(e) = writer.write_all(&out).await {
             return LinkError::io("writing to the primary", e);

@@ -326,21 +326,13 @@ impl Cluster {
         let arb = Netns::new(&format!("{tag}r"))?;
         let host_c = Netns::new(&format!("{tag}x"))?;
 
-        sw.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
-        sw.exec(&["ip", "link", "set", "br0", "up"])?;
-        let lan = [
+        sw.switch_lan(&[
             (&client, "pc", CLIENT_CIDR),
             (&host_a, Host::A.switch_port(), Host::A.lan_cidr()),
             (&host_b, Host::B.switch_port(), Host::B.lan_cidr()),
             (&arb, "pr", ARBITER_CIDR),
             (&host_c, "px", STRAY_CIDR),
-        ];
-        for (ns, port, cidr) in lan {
-            sw.add_veth(port, ns, "eth0")?;
-            sw.exec(&["ip", "link", "set", port, "master", "br0"])?;
-            ns.add_addr(cidr, "eth0")?;
-            ns.full_checksums("eth0")?;
-        }
+        ])?;
         host_a.add_veth("repl", &host_b, "repl")?;
         for (ns, host) in [(&host_a, Host::A), (&host_b, Host::B)] {
             ns.add_addr(&format!("{}/30", host.repl_ip()), "repl")?;

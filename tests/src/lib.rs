@@ -181,6 +181,21 @@ impl Netns {
     pub fn full_checksums(&self, dev: &str) -> Result<()> {
         self.exec(&["ethtool", "-K", dev, "tx", "off"]).map(drop)
     }
+
+    /// Makes this namespace the LAN's switch: a bridge `br0`, and for each
+    /// `(namespace, port, cidr)` a veth from bridge port `port` to that
+    /// namespace's `eth0` with address `cidr` (sending full checksums).
+    pub fn switch_lan(&self, hosts: &[(&Netns, &str, &str)]) -> Result<()> {
+        self.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        self.exec(&["ip", "link", "set", "br0", "up"])?;
+        for &(ns, port, cidr) in hosts {
+            self.add_veth(port, ns, "eth0")?;
+            self.exec(&["ip", "link", "set", port, "master", "br0"])?;
+            ns.add_addr(cidr, "eth0")?;
+            ns.full_checksums("eth0")?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Netns {

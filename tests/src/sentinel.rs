@@ -153,22 +153,15 @@ impl RedisSentinel {
         let host_a = Netns::new(&format!("{tag}a"))?;
         let host_b = Netns::new(&format!("{tag}b"))?;
         let arb = Netns::new(&format!("{tag}r"))?;
-        sw.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
-        sw.exec(&["ip", "link", "set", "br0", "up"])?;
         let a_cidr = format!("{}/24", host_ip(Host::A));
         let b_cidr = format!("{}/24", host_ip(Host::B));
         let arb_cidr = format!("{ARB_IP}/24");
-        let lan = [
+        sw.switch_lan(&[
             (&client, "pc", CLIENT_CIDR),
-            (&host_a, switch_port(Host::A), a_cidr.as_str()),
-            (&host_b, switch_port(Host::B), b_cidr.as_str()),
-            (&arb, "pr", arb_cidr.as_str()),
-        ];
-        for (ns, port, cidr) in lan {
-            sw.add_veth(port, ns, "eth0")?;
-            sw.exec(&["ip", "link", "set", port, "master", "br0"])?;
-            ns.add_addr(cidr, "eth0")?;
-        }
+            (&host_a, switch_port(Host::A), &a_cidr),
+            (&host_b, switch_port(Host::B), &b_cidr),
+            (&arb, "pr", &arb_cidr),
+        ])?;
         Ok(RedisSentinel {
             servers: [None, None],
             sentinels: Vec::new(),

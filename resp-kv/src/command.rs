@@ -160,6 +160,15 @@ fn unknown_subcommand(out: &mut Vec<u8>, sub: &[u8], container: &str) {
     reply::error(out, &message);
 }
 
+/// The count a write to a collection returned (none: the key did not
+/// exist), or its error.
+pub(crate) fn count_or_error(out: &mut Vec<u8>, written: Result<Option<usize>, StoreError>) {
+    match written {
+        Ok(count) => reply::count(out, count.unwrap_or(0)),
+        Err(error) => store_error(out, error),
+    }
+}
+
 pub(crate) fn store_error(out: &mut Vec<u8>, error: StoreError) {
     let message = match error {
         StoreError::WrongType => reply::WRONG_TYPE,

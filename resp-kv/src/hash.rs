@@ -1,7 +1,7 @@
 //! Hashes: HSET, HMSET, HGET, HDEL, HLEN, HEXISTS, HGETALL. Fields are kept
 //! in order, so HGETALL lists them sorted.
 
-use crate::command::{store_error, Args};
+use crate::command::{count_or_error, store_error, Args};
 use crate::reply;
 use crate::store::{Store, ELEMENT_OVERHEAD};
 use alloc::collections::btree_map::Entry;
@@ -110,10 +110,7 @@ pub(crate) fn hdel(store: &mut Store, mut args: Args, out: &mut Vec<u8>) {
     let removed = store.write(take(&mut args[1]), false, |hash: &mut Hash| {
         args[2..].iter().filter(|field| hash.remove(field)).count()
     });
-    match removed {
-        Ok(removed) => reply::count(out, removed.unwrap_or(0)),
-        Err(error) => store_error(out, error),
-    }
+    count_or_error(out, removed);
 }
 
 pub(crate) fn hlen(store: &mut Store, args: Args, out: &mut Vec<u8>) {

@@ -3,7 +3,7 @@
 //! Members are kept in order, so SMEMBERS lists them sorted and SPOP takes
 //! the smallest: Redis picks at random, which a replayed guest cannot.
 
-use crate::command::{pop_count, store_error, Args};
+use crate::command::{count_or_error, pop_count, store_error, Args};
 use crate::reply;
 use crate::store::{Store, ELEMENT_OVERHEAD};
 use alloc::collections::BTreeSet;
@@ -63,20 +63,14 @@ pub(crate) fn sadd(store: &mut Store, mut args: Args, out: &mut Vec<u8>) {
             .filter(|&added| added)
             .count()
     });
-    match added {
-        Ok(added) => reply::count(out, added.unwrap_or(0)),
-        Err(error) => store_error(out, error),
-    }
+    count_or_error(out, added);
 }
 
 pub(crate) fn srem(store: &mut Store, mut args: Args, out: &mut Vec<u8>) {
     let removed = store.write(take(&mut args[1]), false, |set: &mut Set| {
         args[2..].iter().filter(|member| set.remove(member)).count()
     });
-    match removed {
-        Ok(removed) => reply::count(out, removed.unwrap_or(0)),
-        Err(error) => store_error(out, error),
-    }
+    count_or_error(out, removed);
 }
 
 pub(crate) fn scard(store: &mut Store, args: Args, out: &mut Vec<u8>) {

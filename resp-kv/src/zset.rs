@@ -4,7 +4,7 @@
 //! is held twice, in a map to its score and in the ordered set, so both a
 //! lookup and a pop are O(log n).
 
-use crate::command::{pop_count, store_error, Args};
+use crate::command::{count_or_error, pop_count, store_error, Args};
 use crate::num;
 use crate::reply;
 use crate::store::{End, Store, ELEMENT_OVERHEAD};
@@ -269,10 +269,7 @@ pub(crate) fn zrem(store: &mut Store, mut args: Args, out: &mut Vec<u8>) {
             .filter(|member| zset.remove(member))
             .count()
     });
-    match removed {
-        Ok(removed) => reply::count(out, removed.unwrap_or(0)),
-        Err(error) => store_error(out, error),
-    }
+    count_or_error(out, removed);
 }
 
 pub(crate) fn zpopmin(store: &mut Store, args: Args, out: &mut Vec<u8>) {
